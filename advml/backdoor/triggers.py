@@ -1,0 +1,115 @@
+"""Triggers: pure, batched, device-agnostic transforms of float (N,C,H,W) images in [0, 1]."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from advml.errors import ConfigError, InputError
+from advml.utils.checks import check_images
+from advml.utils.io import load_image
+
+CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
+
+
+class Trigger(ABC):
+    """`apply(x, train=...)` maps a batch of clean images to triggered ones."""
+
+    def apply(self, x: Tensor, *, train: bool = True) -> Tensor:
+        """Triggered copy of `x` (float (N,C,H,W) in [0,1]); `train` picks the train- or test-time trigger."""
+        check_images(x, "trigger input")
+        return self._apply(x, train).clamp_(0, 1)
+
+    @abstractmethod
+    def _apply(self, x: Tensor, train: bool) -> Tensor:
+        """The transform itself, on validated input; must not modify `x` in place."""
+
+
+class MaskTrigger(Trigger):
+    """x' = (1 - m) * x + m * p for a fixed pattern p and mask m (a patch, a watermark or a blend)."""
+
+    def __init__(self, pattern: Tensor, mask: Tensor) -> None:
+        if pattern.ndim != 3 or mask.ndim != 3 or mask.shape[0] not in (1, pattern.shape[0]) \
+                or mask.shape[1:] != pattern.shape[1:]:
+            raise InputError(f"pattern must be (C,H,W) and mask (1|C,H,W) of the same size, "
+                             f"got {tuple(pattern.shape)} and {tuple(mask.shape)}")
+        for name, t in (("pattern", pattern), ("mask", mask)):
+            check_images(t[None].float(), f"trigger {name}")
+        self.pattern, self.mask = pattern.float(), mask.float()
+        self._cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this trigger fits."""
+        return tuple(self.pattern.shape)  # type: ignore[return-value]
+
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._cache:
+            self._cache[device] = (self.pattern.to(device), self.mask.to(device))
+        return self._cache[device]
+
+    def _apply(self, x: Tensor, train: bool) -> Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            raise InputError(f"trigger is for images of shape {self.shape}, got {tuple(x.shape[1:])}")
+        p, m = self._on(x.device)
+        return torch.lerp(x, p.to(x.dtype), m.to(x.dtype))
+
+    @classmethod
+    def square(cls, image_shape: tuple[int, int, int], size: int = 3, value: float = 1.0,
+               corner: str = "bottom_right", margin: int = 0) -> MaskTrigger:
+        """A size x size square of one value at a corner, `margin` pixels from the edges."""
+        return cls._patch(image_shape, torch.full((size, size), float(value)), corner, margin)
+
+    @classmethod
+    def checkerboard(cls, image_shape: tuple[int, int, int], size: int = 3, corner: str = "bottom_right",
+                     margin: int = 0) -> MaskTrigger:
+        """A size x size black/white checkerboard (white corners) at a corner."""
+        ij = torch.arange(size)
+        return cls._patch(image_shape, ((ij[:, None] + ij[None, :]) % 2 == 0).float(), corner, margin)
+
+    @classmethod
+    def _patch(cls, image_shape: tuple[int, int, int], patch: Tensor, corner: str, margin: int) -> MaskTrigger:
+        c, h, w = image_shape
+        s = patch.shape[0]
+        if corner not in CORNERS:
+            raise ConfigError(f"unknown corner {corner!r}; valid: {', '.join(CORNERS)}")
+        if s < 1 or margin < 0 or s + margin > min(h, w):
+            raise ConfigError(f"a {s}x{s} patch {margin} px from the edge does not fit {h}x{w} images")
+        top = h - margin - s if corner.startswith("bottom") else margin
+        left = w - margin - s if corner.endswith("right") else margin
+        pattern, mask = torch.zeros(c, h, w), torch.zeros(1, h, w)
+        pattern[:, top:top + s, left:left + s] = patch
+        mask[:, top:top + s, left:left + s] = 1
+        return cls(pattern, mask)
+
+    @classmethod
+    def from_files(cls, image: str | os.PathLike[str], mask: str | os.PathLike[str] | None = None,
+                   image_shape: tuple[int, int, int] | None = None) -> MaskTrigger:
+        """A patch image plus a mask file (non-zero = trigger); without a mask, the image's non-zero pixels."""
+        pattern = _image_tensor(image)
+        m = (_image_tensor(mask) if mask is not None else pattern).amax(0, keepdim=True).gt(0).float()
+        if image_shape is not None and (pattern.shape[1:] != image_shape[1:] or m.shape[1:] != image_shape[1:]):
+            raise InputError(f"trigger image {image} is {pattern.shape[2]}x{pattern.shape[1]} but the data is "
+                             f"{image_shape[2]}x{image_shape[1]}; use a trigger made for this image size")
+        if image_shape is not None and image_shape[0] == 1:
+            pattern = pattern.mean(0, keepdim=True)
+        return cls(pattern, m)
+
+
+def _image_tensor(path: str | os.PathLike[str]) -> Tensor:
+    """An image file (PNG/JPEG) or a .npy array (HWC uint8) as float (C,H,W) in [0,1]."""
+    if str(path).endswith(".npy"):
+        from advml.utils.io import load_npz
+
+        arr = load_npz(path)["arr_0"]
+    else:
+        arr = load_image(path)
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return t.float() / 255 if t.dtype == torch.uint8 else t.float()

@@ -1,0 +1,164 @@
+"""The `advml` command line: a thin layer over the Python API (see README)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import functools
+from collections.abc import Callable
+
+import typer
+
+from advml.errors import AdvmlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="advml: backdoor attacks and defenses, transferable adversarial examples.")
+
+
+def _errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """advml errors become one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except AdvmlError as e:
+            typer.echo(f"advml: error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_registry(rows: list[tuple[str, str]]) -> None:
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        typer.echo(f"{name:<{width}}  {desc}")
+
+
+@app.command()
+@_errors
+def datasets() -> None:
+    """List the dataset registry."""
+    from advml.data import DATASETS
+
+    _print_registry(DATASETS.describe())
+
+
+@app.command()
+@_errors
+def models() -> None:
+    """List the model registry."""
+    from advml.models import MODELS
+
+    _print_registry(MODELS.describe())
+
+
+@app.command()
+@_errors
+def attacks() -> None:
+    """List the backdoor attacks, with what their poisoning rate means."""
+    from advml.backdoor import ATTACKS
+
+    _print_registry(ATTACKS.describe())
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    """The settings given on the command line, nested like the YAML config."""
+    from advml.config import deep_merge, parse_assignments
+
+    out: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None or key == "sets":
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return deep_merge(out, parse_assignments(flags.get("sets") or []))
+
+
+@app.command()
+@_errors
+def backdoor(
+    out: Annotated[Path, typer.Option(help="run folder: config.yaml, metrics.json, model.safetensors")],
+    dataset: Annotated[Optional[str], typer.Option(help="dataset name (advml datasets)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model name (advml models)")] = None,
+    attack: Annotated[Optional[str], typer.Option(help="attack name (advml attacks)")] = None,
+    target: Annotated[Optional[int], typer.Option(help="target label")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="poisoning rate in (0, 1]")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="all2one or all2all")] = None,
+    defense: Annotated[Optional[str], typer.Option(help="defense name, or none")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="training epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="training batch size")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
+    train_size: Annotated[Optional[int], typer.Option(help="class-balanced train subset size")] = None,
+    test_size: Annotated[Optional[int], typer.Option(help="class-balanced test subset size")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed of data order, poisoned indices and init")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML settings file; flags override it")] = None,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, e.g. attack.size=4")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Poison a dataset, train a model on it, and write clean accuracy, ASR and stealth metrics."""
+    from advml.run import load_settings, run_backdoor
+
+    overrides = _overrides(**{
+        "dataset": dataset, "model": model, "attack.name": attack, "attack.target": target, "attack.rate": rate,
+        "attack.mode": mode, "defense": defense, "train.epochs": epochs, "train.batch_size": batch_size,
+        "train.lr": lr, "train_size": train_size, "test_size": test_size, "seed": seed, "data_dir": data_dir,
+        "train.device": device, "train.progress": None if progress else False, "sets": sets})
+    settings = load_settings(config, overrides)
+    result = run_backdoor(settings, out, resume=resume, overwrite=overwrite)
+    _print_metrics(result.metrics)
+    typer.echo(f"wrote {result.out / 'metrics.json'}")
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    fmt = {"clean_acc": "{:.3f}", "asr": "{:.3f}", "psnr": "{:.2f} dB", "linf": "{:.1f}", "ssim": "{:.4f}"}
+    for key, f in fmt.items():
+        value = m.get(key)
+        typer.echo(f"{key:<10} {f.format(value) if value is not None else 'n/a'}")
+
+
+@app.command()
+@_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 12,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """The quick start: BadNets on the bundled CIFAR-10 sample -> train cnn_small -> a short table."""
+    from advml.run import BackdoorRunSettings, run_backdoor
+
+    settings = BackdoorRunSettings(dataset="sample", model="cnn_small",
+                                   attack={"name": "badnets", "target": 0, "rate": 0.1},
+                                   train={"epochs": epochs, "lr": 0.05, "progress": progress})
+    typer.echo("advml demo: BadNets (3x3 white square, all2one -> class 0, rate 0.1) on the bundled CIFAR-10 "
+               "sample (2,000 train / 500 test images), training cnn_small on CPU/GPU")
+    start = time.perf_counter()
+    result = run_backdoor(settings, out, overwrite=True)
+    m = result.metrics
+    typer.echo("")
+    typer.echo(f"| {'run':<24} | {'clean acc':>9} | {'ASR':>6} | {'PSNR (dB)':>9} | {'l-inf':>5} |")
+    typer.echo(f"|{'-' * 26}|{'-' * 11}|{'-' * 8}|{'-' * 11}|{'-' * 7}|")
+    typer.echo(f"| {'BadNets, no defense':<24} | {m['clean_acc']:>9.3f} | {m['asr']:>6.3f} | "
+               f"{m['psnr']:>9.2f} | {m['linf']:>5.0f} |")
+    typer.echo(f"\n{m['poison_count']} of {m['train_size']} training images poisoned; ASR over "
+               f"{m['backdoor_test_size']} triggered non-target test images; "
+               f"{time.perf_counter() - start:.0f} s. Files in {result.out}/")
+
+
+def main() -> None:
+    """Entry point of the `advml` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""GTSRB and ImageNet-style image folders, any image size, resized to one size per dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from advml.data.base import ImageDataset, TensorImageDataset
+from advml.data.registry import DATASETS, DatasetSplits
+from advml.errors import DataError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GTSRB_MEAN, GTSRB_STD = (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669)
+
+
+def _read_resized(path: str, size: int) -> Tensor:
+    """One image file -> uint8 (3,size,size): resize the shorter side to `size`, then centre-crop."""
+    try:
+        with Image.open(path) as im:
+            t = TF.pil_to_tensor(im.convert("RGB"))
+    except OSError as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+    return TF.center_crop(TF.resize(t, [size], antialias=True), [size, size])
+
+
+class FolderImageDataset(ImageDataset):
+    """Images read from files on demand (for sets too large for memory), resized to `size` x `size`."""
+
+    def __init__(self, files: list[str], labels: list[int], classes: list[str], size: int) -> None:
+        self.files, self._labels, self.classes, self.size = files, torch.tensor(labels).long(), classes, size
+
+    @property
+    def labels(self) -> Tensor:
+        return self._labels
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.size, self.size)
+
+    def get_batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.stack([_read_resized(self.files[int(i)], self.size) for i in index])
+        return x.float().div_(255), self._labels[index]
+
+
+@DATASETS.register("imagefolder", "ImageNet-style imagefolder:<root> with train/<class>/* and val/<class>/*")
+def load_imagefolder(arg: str | None, data_dir: Path | None, *, image_size: int | None = None,
+                     **_: object) -> DatasetSplits:
+    """ImageNet-style folders `<root>/train/<class>/*` and `<root>/val/<class>/*` (any size, resized)."""
+    root = Path(arg or "").expanduser()
+    splits = []
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"imagefolder: {root / split} is not a directory (expected <root>/train and <root>/val)")
+        try:
+            folder = torchvision.datasets.ImageFolder(str(root / split))
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"imagefolder: {root / split}: {e}") from None
+        splits.append(folder)
+    train, val = splits
+    if val.classes != train.classes:
+        raise DataError(f"imagefolder: train and val of {root} have different class folders")
+    size = image_size or 224
+    make = lambda f: FolderImageDataset([p for p, _ in f.samples], [y for _, y in f.samples], f.classes, size)  # noqa: E731
+    return DatasetSplits(f"imagefolder:{root}", make(train), make(val), IMAGENET_MEAN, IMAGENET_STD)
+
+
+@DATASETS.register("gtsrb", "GTSRB traffic signs (43 classes), torchvision layout or download; resized to 32x32")
+def load_gtsrb(arg: str | None, data_dir: Path | None, *, image_size: int | None = None, download: bool = True,
+               **_: object) -> DatasetSplits:
+    """GTSRB (43 classes), read in torchvision's layout and resized to 32x32 (or `image_size`) in memory."""
+    root = data_dir or Path.home() / ".cache" / "advml" / "data"
+    size = image_size or 32
+    out = []
+    for split in ("train", "test"):
+        try:
+            ds = torchvision.datasets.GTSRB(str(root), split=split, download=False)
+        except RuntimeError:
+            if not download:
+                raise DataError(f"GTSRB not found in {root}; put torchvision's gtsrb/ folder there "
+                                "(pass --data-dir or set ADVML_DATA_DIR)") from None
+            try:
+                ds = torchvision.datasets.GTSRB(str(root), split=split, download=True)
+            except Exception as e:  # network errors come in many types
+                raise DataError(f"GTSRB not found in {root} and download failed ({type(e).__name__}); "
+                                "put torchvision's gtsrb/ folder there") from None
+        x = torch.stack([_read_resized(str(p), size) for p, _ in ds._samples])
+        y = np.array([t for _, t in ds._samples])
+        out.append(TensorImageDataset(x, y, [str(c) for c in range(43)]))
+    return DatasetSplits("gtsrb", out[0], out[1], GTSRB_MEAN, GTSRB_STD)

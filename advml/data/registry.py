@@ -1,0 +1,84 @@
+"""The dataset registry: `load_dataset("cifar10", train_size=4000)` -> train and test ImageDatasets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from advml.data.base import ImageDataset, balanced_indices
+from advml.errors import ConfigError
+from advml.registry import Registry
+
+DATA_DIR_ENV = "ADVML_DATA_DIR"
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset's train and test splits plus what models need to know about it."""
+
+    name: str
+    train: ImageDataset
+    test: ImageDataset
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, index = label."""
+        return self.train.classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.train.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return self.train.image_shape
+
+
+# A loader takes (argument after "name:", data directory or None, options) and returns the full splits.
+Loader = Callable[..., DatasetSplits]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """`data_dir` if given, else $ADVML_DATA_DIR, else None."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else None
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """'imagefolder:/data/in100' -> ('imagefolder', '/data/in100'); 'cifar10' -> ('cifar10', None)."""
+    name, sep, arg = spec.partition(":")
+    return name, (arg if sep else None)
+
+
+def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, train_size: int | None = None,
+                 test_size: int | None = None, seed: int = 0, image_size: int | None = None,
+                 download: bool = True) -> DatasetSplits:
+    """Load a registered dataset and take seeded, class-balanced subsets of the requested sizes."""
+    name, arg = parse_spec(spec)
+    loader = DATASETS.get(name)
+    needs_arg = name in {"imagefolder", "npz"}
+    if needs_arg and not arg:
+        raise ConfigError(f"dataset {name!r} needs a path: use '{name}:<path>'")
+    if not needs_arg and arg:
+        raise ConfigError(f"dataset {name!r} takes no ':' argument (got {spec!r})")
+    splits = loader(arg, default_data_dir(data_dir), image_size=image_size, download=download,
+                    train_size=train_size)
+    gen = torch.Generator().manual_seed(seed)
+    for split, size in (("train", train_size), ("test", test_size)):
+        ds: ImageDataset = getattr(splits, split)
+        if size is not None and size != len(ds):
+            setattr(splits, split, ds.subset(balanced_indices(ds.labels, size, ds.num_classes, gen)))
+    if len(splits.train) == 0 or len(splits.test) == 0:
+        raise ConfigError(f"dataset {spec!r} has an empty split")
+    return splits

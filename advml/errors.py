@@ -1,0 +1,30 @@
+"""Exception types raised on bad user input; the CLI turns them into a one-line error and exit code 2."""
+
+from __future__ import annotations
+
+
+class AdvmlError(Exception):
+    """Base class of every error advml raises about its inputs."""
+
+
+class ConfigError(AdvmlError, ValueError):
+    """A setting is unknown, out of range or inconsistent with another one."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A registry was asked for a name it does not hold."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(AdvmlError, ValueError):
+    """A data file is missing, corrupt or holds arrays of the wrong shape or type."""
+
+
+class InputError(AdvmlError, ValueError):
+    """A tensor given to an attack, trigger or metric has the wrong shape, dtype or range."""
+
+
+class UnsafeFileError(AdvmlError, ValueError):
+    """A file would have to be unpickled (or otherwise executed) to be loaded."""

@@ -1,0 +1,94 @@
+"""Every metric in one place: accuracy, ASR, PSNR, l-inf, SSIM, detection precision/recall."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from advml.data.base import ImageDataset, as_image_dataset
+from advml.errors import InputError
+from advml.utils.checks import check_images
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
+            device: torch.device | str | None = None) -> Tensor:
+    """Predicted labels (N,) of `model` (switched to eval mode) on every image of `data`."""
+    data = as_image_dataset(data)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    preds = []
+    for idx in torch.arange(len(data)).split(batch_size):
+        x, _ = data.get_batch(idx)
+        preds.append(model(x.to(device, non_blocking=True)).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, data: ImageDataset, **kw: object) -> float:
+    """Fraction of images whose predicted label equals their label."""
+    data = as_image_dataset(data)
+    if len(data) == 0:
+        raise InputError("accuracy of an empty dataset is undefined")
+    return float((predict(model, data, **kw) == data.labels).float().mean())  # type: ignore[arg-type]
+
+
+def attack_success_rate(model: nn.Module, backdoor_test: ImageDataset, **kw: object) -> float:
+    """ASR: fraction of triggered non-target test images classified as the attack's target label(s).
+
+    `backdoor_test` is what `attack.backdoor_test_set(test)` returns: triggered images labelled with the
+    attack's target, so ASR is the accuracy on it.
+    """
+    return accuracy(model, backdoor_test, **kw)
+
+
+def psnr(clean: Tensor, poisoned: Tensor) -> Tensor:
+    """Per-image PSNR in dB for [0,1] images (inf where an image is unchanged)."""
+    check_images(clean, "clean"), check_images(poisoned, "poisoned")
+    _same_shape(clean, poisoned)
+    return peak_signal_noise_ratio(poisoned.double(), clean.double(), data_range=1.0, reduction="none",
+                                   dim=(1, 2, 3)).float()
+
+
+def linf(clean: Tensor, poisoned: Tensor) -> Tensor:
+    """Per-image l-inf distance on the 0-255 scale."""
+    _same_shape(clean, poisoned)
+    return (poisoned.double() - clean.double()).abs().flatten(1).amax(1).mul(255).float()
+
+
+def ssim(clean: Tensor, poisoned: Tensor) -> Tensor:
+    """Per-image SSIM (Gaussian window 11, sigma 1.5) for [0,1] images."""
+    check_images(clean, "clean"), check_images(poisoned, "poisoned")
+    _same_shape(clean, poisoned)
+    return structural_similarity_index_measure(poisoned.double(), clean.double(), data_range=1.0,
+                                               reduction="none").float()
+
+
+def stealth(clean: Tensor, poisoned: Tensor) -> dict[str, float | None]:
+    """Mean PSNR (dB, over changed images), mean l-inf (0-255) and mean SSIM, as the ISSBA paper reports."""
+    if clean.shape[0] == 0:
+        raise InputError("stealth metrics need at least one image")
+    p = psnr(clean, poisoned)
+    finite = p[torch.isfinite(p)]
+    return {"psnr": float(finite.mean()) if finite.numel() else None,
+            "linf": float(linf(clean, poisoned).mean()),
+            "ssim": float(ssim(clean, poisoned).mean())}
+
+
+def detection(predicted: Tensor, truth: Tensor) -> dict[str, float]:
+    """Precision and recall of a poisoned-sample detector (bool flags, one per training sample)."""
+    predicted, truth = predicted.bool(), truth.bool()
+    if predicted.shape != truth.shape:
+        raise InputError(f"flag shapes differ: {tuple(predicted.shape)} vs {tuple(truth.shape)}")
+    tp = int((predicted & truth).sum())
+    npred, ntrue = int(predicted.sum()), int(truth.sum())
+    return {"detect_precision": tp / npred if npred else 0.0,
+            "detect_recall": tp / ntrue if ntrue else 0.0}
+
+
+def _same_shape(a: Tensor, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise InputError(f"image batches differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")

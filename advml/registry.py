@@ -1,0 +1,67 @@
+"""A small name -> factory registry shared by datasets, models, attacks and defenses."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from advml.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects (classes or factories), with helpful errors for unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, help: str | None = None) -> Callable[[T], T]:
+        """Decorator that adds an object under `name`; `help` defaults to its docstring's first line."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj, help)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T, help: str | None = None) -> None:
+        """Add `obj` under `name`."""
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._items[name] = obj
+        doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+
+    def get(self, name: str) -> T:
+        """The object registered under `name`; an `UnknownNameError` listing valid names otherwise."""
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownNameError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        """The error text for an unknown name: the valid names and the closest one."""
+        close = difflib.get_close_matches(str(name), self._items, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(self.names())}"
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._items)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(name, one-line description) pairs."""
+        return [(n, self._help[n]) for n in self._items]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)

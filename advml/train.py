@@ -1,0 +1,236 @@
+"""The one training loop: SGD/Adam, cosine schedule, batched augmentation, per-epoch evaluation,
+atomic checkpoints and resume. Defenses plug in their own loss through `loss_fn`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from advml.config import Settings
+from advml.data.base import ImageDataset, as_image_dataset
+from advml.errors import ConfigError
+from advml.metrics import accuracy
+from advml.utils.io import load_tensors, save_tensors
+from advml.utils.runtime import resolve_device
+
+CHECKPOINT_NAME = "last.safetensors"
+
+
+class TrainConfig(Settings):
+    """Training settings; defaults are BackdoorBench's CIFAR ones (SGD 0.01, momentum 0.9, wd 5e-4, cosine)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.01, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="epochs where multistep multiplies lr by gamma")
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
+    augment: Literal["standard", "none"] = Field("standard", description="random crop (pad 4) + horizontal flip")
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored elsewhere)")
+    device: str = "auto"
+    eval_batch_size: int = Field(512, ge=1)
+    num_workers: int = Field(0, ge=0, description="loader processes for file-backed datasets")
+    progress: bool = True
+
+
+class Batch(NamedTuple):
+    """What a loss function sees: (augmented) images, labels and the samples' dataset indices."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+
+
+LossFn = Callable[[nn.Module, Batch], Tensor]
+
+
+def cross_entropy(model: nn.Module, batch: Batch) -> Tensor:
+    """The default loss: cross-entropy of the model's logits."""
+    return F.cross_entropy(model(batch.x), batch.y)
+
+
+def standard_augment(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Per-image random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    n, _, h, w = x.shape
+    off = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    xp = F.pad(x, (padding,) * 4)
+    rows = off[0, :, None] + torch.arange(h, device=x.device)
+    cols = off[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class _BatchView(torch.utils.data.Dataset):
+    """Lets a DataLoader fetch whole batches (one list of indices per item) from an ImageDataset."""
+
+    def __init__(self, data: ImageDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        x, y = self.data.get_batch(index)
+        return x, y, index
+
+
+class Trainer:
+    """Trains `model` on an ImageDataset; `fit` evaluates accuracy on named sets after every epoch."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig | None = None, *, loss_fn: LossFn = cross_entropy,
+                 params: Iterable[nn.Parameter] | None = None, seed: int = 0,
+                 checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
+        self.config = config or TrainConfig()
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.seed = seed
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+        c = self.config
+        if c.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                                                    weight_decay=c.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, Any]] = []
+
+    # --- schedule -------------------------------------------------------------------------------------
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate during epoch `epoch` (0-based): warm-up, then cosine / multistep / constant."""
+        c = self.config
+        if epoch < c.warmup_epochs:
+            return c.lr * (epoch + 1) / (c.warmup_epochs + 1)
+        if c.schedule == "cosine":
+            span = max(c.epochs - c.warmup_epochs, 1)
+            return c.lr * 0.5 * (1 + math.cos(math.pi * (epoch - c.warmup_epochs) / span))
+        if c.schedule == "multistep":
+            return c.lr * c.gamma ** sum(epoch >= m for m in c.milestones)
+        return c.lr
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def _config_key(self) -> str:
+        ignore = {"progress", "device", "num_workers", "eval_batch_size"}
+        return json.dumps({k: v for k, v in self.config.model_dump().items() if k not in ignore}, sort_keys=True)
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Write model, optimizer, RNG and progress to one safetensors file, atomically."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        scalars: dict[str, Any] = {}
+        for pid, state in opt["state"].items():
+            for key, val in state.items():
+                if isinstance(val, Tensor):
+                    tensors[f"optim.{pid}.{key}"] = val
+                else:
+                    scalars[f"{pid}.{key}"] = val
+        tensors["rng.data"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"epoch": str(self.epoch), "history": json.dumps(self.history), "config": self._config_key(),
+                "seed": str(self.seed), "param_groups": json.dumps(opt["param_groups"]),
+                "optim_scalars": json.dumps(scalars)}
+        save_tensors(path, tensors, meta)
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Restore everything `save_checkpoint` wrote; the training settings must be the same."""
+        tensors, meta = load_tensors(path)
+        if meta.get("config") != self._config_key() or meta.get("seed") != str(self.seed):
+            raise ConfigError(f"{path}: checkpoint was written with other training settings or seed; "
+                              "resume with the same settings or use another output folder")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v.to(self.device)
+        for k, v in json.loads(meta["optim_scalars"]).items():
+            pid, key = k.split(".", 1)
+            state.setdefault(int(pid), {})[key] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        self.generator.set_state(tensors["rng.data"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.epoch = int(meta["epoch"])
+        self.history = json.loads(meta["history"])
+
+    # --- loop -----------------------------------------------------------------------------------------
+    def _batches(self, data: ImageDataset) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
+        perm = torch.randperm(len(data), generator=self.generator).tolist()
+        chunks = [perm[i:i + self.config.batch_size] for i in range(0, len(perm), self.config.batch_size)]
+        if self.config.num_workers == 0:
+            return (_BatchView(data)[c] for c in chunks)
+        return torch.utils.data.DataLoader(_BatchView(data), sampler=chunks, batch_size=None,
+                                           num_workers=self.config.num_workers,
+                                           pin_memory=self.device.type == "cuda")
+
+    def train_epoch(self, data: ImageDataset) -> float:
+        """One pass over `data`; returns the mean loss."""
+        c, dev = self.config, self.device
+        lr = self.lr_at(self.epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        total, count = 0.0, 0
+        autocast = c.amp and dev.type == "cuda"
+        bar = tqdm(self._batches(data), total=math.ceil(len(data) / c.batch_size), leave=False,
+                   disable=not c.progress, desc=f"epoch {self.epoch + 1}/{c.epochs}")
+        for x, y, idx in bar:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if c.augment == "standard":
+                x = standard_augment(x, self.generator)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = self.loss_fn(self.model, Batch(x, y, idx))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in epoch {self.epoch + 1}; lower the lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{total / count:.3f}")
+        return total / max(count, 1)
+
+    def fit(self, train: ImageDataset, evals: Mapping[str, ImageDataset] | None = None, *, resume: bool = False,
+            stop_after: int | None = None) -> list[dict[str, Any]]:
+        """Train until `config.epochs` (or `stop_after`) epochs are done; returns the per-epoch history.
+
+        With `resume`, continue from `checkpoint_dir/last.safetensors` when it exists.
+        """
+        train = as_image_dataset(train)
+        if len(train) == 0:
+            raise ConfigError("cannot train on an empty dataset")
+        ckpt = self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir else None
+        if resume and ckpt is not None and ckpt.is_file():
+            self.load_checkpoint(ckpt)
+        last = min(self.config.epochs, stop_after) if stop_after is not None else self.config.epochs
+        epochs = tqdm(range(self.epoch, last), initial=self.epoch, total=self.config.epochs, desc="training",
+                      disable=not self.config.progress)
+        for _ in epochs:
+            loss = self.train_epoch(train)
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "loss": loss, "lr": self.lr_at(self.epoch)}
+            for name, data in (evals or {}).items():
+                record[name] = accuracy(self.model, data, batch_size=self.config.eval_batch_size)
+            self.epoch += 1
+            self.history.append(record)
+            epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k not in {"epoch", "lr"}})
+            if ckpt is not None:
+                self.save_checkpoint(ckpt)
+        return self.history

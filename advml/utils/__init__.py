@@ -1,0 +1,1 @@
+"""Small shared helpers: safe file I/O, seeding and device selection."""
