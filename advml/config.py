@@ -21,31 +21,43 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(_message(type(self), e, ""), _issues(type(self), e, "")) from None
+
 
 def validate(model: type[M], data: Mapping[str, Any], where: str = "") -> M:
     """Build `model` from `data`, turning validation errors into one readable ConfigError."""
     try:
         return model.model_validate(dict(data))
     except ValidationError as e:
-        raise ConfigError(_message(model, e, where)) from None
+        raise ConfigError(_message(model, e, where), _issues(model, e, where)) from None
+
 
 
 def _message(model: type[BaseModel], e: ValidationError, where: str) -> str:
-    msgs = []
+    return "; ".join(f"unknown setting {k!r}{t}" if kind == "unknown" else (f"{k}: {t}" if k else t)
+                     for k, kind, t in _issues(model, e, where))
+
+
+def _issues(model: type[BaseModel], e: ValidationError, where: str) -> list[tuple[str, str, str]]:
+    out = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        key = f"{where}.{loc}" if where else loc
+        key = ".".join([where] * bool(where) + [str(p) for p in err["loc"]])
         inner = (err.get("ctx") or {}).get("error")
-        if isinstance(inner, ConfigError):
-            msgs.append(str(inner))
+        if isinstance(inner, ConfigError):  # from a nested Settings or a validator: keep its path and text
+            out += [(".".join(p for p in (key, k) if p), kind, t) for k, kind, t in inner.issues] \
+                or [(key, "value", str(inner))]
         elif err["type"] == "extra_forbidden":
             valid = _fields_at(model, err["loc"][:-1])
             close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            msgs.append(f"unknown setting {key!r}{hint}; valid: {', '.join(valid)}")
+            out.append((key, "unknown", f"{hint}; valid: {', '.join(valid)}"))
         else:
-            msgs.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(msgs)
+            out.append((key, "value", f"{err['msg']} (got {err.get('input')!r})"))
+    return out
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -10,6 +10,10 @@ class AdvmlError(Exception):
 class ConfigError(AdvmlError, ValueError):
     """A setting is unknown, out of range or inconsistent with another one."""
 
+    def __init__(self, message: str, issues: list[tuple[str, str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.issues = issues or []  # (dotted key, "unknown" | "value", text): lets outer settings add their path
+
 
 class UnknownNameError(ConfigError, KeyError):
     """A registry was asked for a name it does not hold."""

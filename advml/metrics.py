@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+import kornia
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import InputError
@@ -59,23 +60,27 @@ def linf(clean: Tensor, poisoned: Tensor) -> Tensor:
     return (poisoned.double() - clean.double()).abs().flatten(1).amax(1).mul(255).float()
 
 
-def ssim(clean: Tensor, poisoned: Tensor) -> Tensor:
-    """Per-image SSIM (Gaussian window 11, sigma 1.5) for [0,1] images."""
+def ssim(clean: Tensor, poisoned: Tensor, window: int = 11) -> Tensor:
+    """Per-image SSIM (Gaussian window 11, sigma 1.5) over the window's valid region, as Wang et al.'s
+    reference code and scikit-image compute it (torchmetrics also averages the padded border)."""
     check_images(clean, "clean"), check_images(poisoned, "poisoned")
     _same_shape(clean, poisoned)
-    return structural_similarity_index_measure(poisoned.double(), clean.double(), data_range=1.0,
-                                               reduction="none").float()
+    if min(clean.shape[-2:]) < window:
+        raise InputError(f"SSIM needs images of at least {window}x{window}, got {tuple(clean.shape[-2:])}")
+    smap = kornia.metrics.ssim(poisoned.double(), clean.double(), window, max_val=1.0)
+    pad = window // 2
+    return smap[..., pad:-pad, pad:-pad].mean((1, 2, 3)).float()
 
 
 def stealth(clean: Tensor, poisoned: Tensor) -> dict[str, float | None]:
-    """Mean PSNR (dB, over changed images), mean l-inf (0-255) and mean SSIM, as the ISSBA paper reports."""
+    """Mean PSNR (dB, over changed images), mean l-inf (0-255) and mean SSIM (None below 11x11 images)."""
     if clean.shape[0] == 0:
         raise InputError("stealth metrics need at least one image")
     p = psnr(clean, poisoned)
     finite = p[torch.isfinite(p)]
     return {"psnr": float(finite.mean()) if finite.numel() else None,
             "linf": float(linf(clean, poisoned).mean()),
-            "ssim": float(ssim(clean, poisoned).mean())}
+            "ssim": float(ssim(clean, poisoned).mean()) if min(clean.shape[-2:]) >= 11 else None}
 
 
 def detection(predicted: Tensor, truth: Tensor) -> dict[str, float]:

@@ -34,7 +34,7 @@ class BackdoorAttack:
     def __init__(self, settings: AttackSettings | None = None, **kwargs: Any) -> None:
         if settings is not None and kwargs:
             raise ConfigError("pass either a settings object or keyword settings, not both")
-        self.settings = settings if settings is not None else validate(self.Settings, kwargs, f"attack[{self.name}]")
+        self.settings = settings if settings is not None else validate(self.Settings, kwargs)
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         """The trigger for images of this shape."""
