@@ -131,7 +131,7 @@ def _print_metrics(m: dict[str, Any]) -> None:
 @_errors
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 12,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """The quick start: BadNets on the bundled CIFAR-10 sample -> train cnn_small -> a short table."""
@@ -139,7 +139,8 @@ def demo(
 
     settings = BackdoorRunSettings(dataset="sample", model="cnn_small",
                                    attack={"name": "badnets", "target": 0, "rate": 0.1},
-                                   train={"epochs": epochs, "lr": 0.05, "progress": progress})
+                                   # 2,000 images and a few epochs: no augmentation, a larger lr
+                                   train={"epochs": epochs, "lr": 0.05, "augment": "none", "progress": progress})
     typer.echo("advml demo: BadNets (3x3 white square, all2one -> class 0, rate 0.1) on the bundled CIFAR-10 "
                "sample (2,000 train / 500 test images), training cnn_small on CPU/GPU")
     start = time.perf_counter()

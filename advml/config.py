@@ -19,7 +19,8 @@ M = TypeVar("M", bound=BaseModel)
 class Settings(BaseModel):
     """Base of every settings model: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,
+                              protected_namespaces=())
 
     def __init__(self, **data: Any) -> None:
         try:

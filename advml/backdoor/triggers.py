@@ -22,11 +22,11 @@ class Trigger(ABC):
     def apply(self, x: Tensor, *, train: bool = True) -> Tensor:
         """Triggered copy of `x` (float (N,C,H,W) in [0,1]); `train` picks the train- or test-time trigger."""
         check_images(x, "trigger input")
-        return self._apply(x, train).clamp_(0, 1)
+        return self._apply(x, train)
 
     @abstractmethod
     def _apply(self, x: Tensor, train: bool) -> Tensor:
-        """The transform itself, on validated input; must not modify `x` in place."""
+        """The transform itself, on validated input: returns a new tensor in [0,1], leaves `x` untouched."""
 
 
 class MaskTrigger(Trigger):
@@ -40,6 +40,10 @@ class MaskTrigger(Trigger):
         for name, t in (("pattern", pattern), ("mask", mask)):
             check_images(t[None].float(), f"trigger {name}")
         self.pattern, self.mask = pattern.float(), mask.float()
+        rows, cols = mask.amax(0).nonzero(as_tuple=True)
+        # only the mask's bounding box changes: a 3x3 patch touches 9 pixels, not the whole image
+        self.box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)) \
+            if rows.numel() else (slice(0, 0), slice(0, 0))
         self._cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     @property
@@ -49,14 +53,18 @@ class MaskTrigger(Trigger):
 
     def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if device not in self._cache:
-            self._cache[device] = (self.pattern.to(device), self.mask.to(device))
+            r, c = self.box
+            self._cache[device] = (self.pattern[:, r, c].to(device), self.mask[:, r, c].to(device))
         return self._cache[device]
 
     def _apply(self, x: Tensor, train: bool) -> Tensor:
         if tuple(x.shape[1:]) != self.shape:
             raise InputError(f"trigger is for images of shape {self.shape}, got {tuple(x.shape[1:])}")
         p, m = self._on(x.device)
-        return torch.lerp(x, p.to(x.dtype), m.to(x.dtype))
+        out = x.clone()
+        r, c = self.box
+        out[..., r, c] = torch.lerp(x[..., r, c], p.to(x.dtype), m.to(x.dtype))  # convex: stays in [0,1]
+        return out
 
     @classmethod
     def square(cls, image_shape: tuple[int, int, int], size: int = 3, value: float = 1.0,

@@ -1,0 +1,31 @@
+# advml: `make demo` runs the quick start, `make test` the tests; both set up .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-advml
+# the real CIFAR-10 files and triggers for tests and benchmarks (tests skip what is absent)
+export ADVML_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/advml demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/poison_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,98 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from advml.cli import app
+
+runner = CliRunner()
+ADVML = [sys.executable, "-m", "advml.cli"]
+
+
+@pytest.mark.parametrize("cmd, expected", [("datasets", "cifar10"), ("models", "resnet18_narrow"),
+                                           ("attacks", "badnets")])
+def test_registry_listings(cmd, expected):
+    r = runner.invoke(app, [cmd])
+    assert r.exit_code == 0 and expected in r.output
+    assert all("  " in line for line in r.output.strip().splitlines())  # one "name  description" line each
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "cifar11"], "unknown dataset 'cifar11'"),
+    (["--model", "resnet19"], "unknown model 'resnet19'"),
+    (["--attack", "badnet"], "did you mean 'badnets'"),
+    (["--rate", "0"], "attack.rate: Input should be greater than 0"),
+    (["--rate", "1.5"], "attack.rate: Input should be less than or equal to 1"),
+    (["--target", "10"], "target label 10 is outside [0, 10)"),
+    (["--train-size", "99999"], "only 2000"),
+    (["--set", "train.lrr=0.1"], "did you mean 'lr'"),
+    (["--set", "nokeyvalue"], "KEY=VALUE"),
+    (["--config", "missing.yaml"], "no such config file"),
+    (["--dataset", "npz:/nonexistent.npz"], "no such file"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["backdoor", "--out", str(out), "--epochs", "1", "--no-progress", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not (out / "metrics.json").exists()
+
+
+def test_out_that_is_a_file_and_existing_runs(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = runner.invoke(app, ["backdoor", "--out", str(f)])
+    assert r.exit_code == 2 and "existing file" in r.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    r = runner.invoke(app, ["backdoor", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "--resume" in r.output
+
+
+def test_real_entry_point_exit_code(tmp_path):
+    r = subprocess.run([*ADVML, "backdoor", "--out", str(tmp_path / "x"), "--rate", "2"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "rate" in r.stderr
+
+
+def test_backdoor_run_writes_config_and_metrics(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 1\n  augment: none\nattack:\n  size: 4\n")
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["backdoor", "--out", str(out), "--config", str(cfg), "--train-size", "200",
+                            "--test-size", "100", "--set", "train.lr=0.02", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"clean_acc", "asr", "psnr", "linf", "ssim"} <= set(metrics)
+    assert metrics["poison_count"] == 20 and metrics["linf"] > 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"]["lr"] == 0.02 and config["train"]["epochs"] == 1 and config["train"]["momentum"] == 0.9
+    assert config["attack"] == {"name": "badnets", "target": 0, "rate": 0.1, "mode": "all2one", "pattern": "square",
+                                "size": 4, "margin": 0, "corner": "bottom_right", "image": None, "mask": None}
+    assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "last.safetensors").is_file()
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    args = ["backdoor", "--train-size", "400", "--test-size", "100", "--epochs", "3", "--seed", "1",
+            "--no-progress", "--set", "train.augment=standard"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run([*ADVML, *args, "--out", str(tmp_path / "full")], check=True, capture_output=True, env=env)
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.safetensors"
+    proc = subprocess.Popen([*ADVML, *args, "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "cut" / "metrics.json").exists(), "the kill came too late"
+    r = subprocess.run([*ADVML, *args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cut" / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
