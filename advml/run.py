@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from advml.backdoor.attacks import ATTACKS, build_attack
+from advml.backdoor.attacks import build_attack
 from advml.config import Settings, dump_yaml, load_yaml, validate
 from advml.data import load_dataset
 from advml.errors import ConfigError
@@ -120,8 +120,3 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
     write_json(out / "metrics.json", metrics)
     write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
     return RunResult(out, metrics)
-
-
-def attack_names() -> list[str]:
-    """Registered attack names."""
-    return ATTACKS.names()

@@ -153,7 +153,6 @@ def test_cifar10_binary_layout(tmp_path, sample):
     (d / "batches.meta.txt").write_text("\n".join(sample.classes) + "\n")
     ds = load_dataset("cifar10", tmp_path, download=False)
     assert torch.equal(ds.train.images, sample.train.images) and torch.equal(ds.train.labels, sample.train.labels)
-    recs[:50].tobytes()[:-7]
     (d / "test_batch.bin").write_bytes(recs[:50].tobytes()[:-7])
     with pytest.raises(DataError, match="record"):
         load_dataset("cifar10", tmp_path, download=False)

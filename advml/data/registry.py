@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from advml.data.base import ImageDataset, balanced_indices
-from advml.errors import ConfigError
+from advml.errors import ConfigError, DataError
 from advml.registry import Registry
 
 DATA_DIR_ENV = "ADVML_DATA_DIR"
@@ -53,6 +53,18 @@ def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | N
         return Path(data_dir).expanduser()
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env).expanduser() if env else None
+
+
+def find_file(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """`path` as given if it exists, else relative to the data folder (e.g. 'triggers/d-st/hello_kitty.png')."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    root = default_data_dir(data_dir)
+    if root is not None and not p.is_absolute() and (root / p).is_file():
+        return root / p
+    where = f"{p}" + (f" or {root / p}" if root is not None and not p.is_absolute() else "")
+    raise DataError(f"file not found: {where}; pass a path or set {DATA_DIR_ENV} to the folder holding it")
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
