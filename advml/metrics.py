@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-import kornia
-from torchmetrics.functional.image import peak_signal_noise_ratio
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import InputError
@@ -60,16 +59,16 @@ def linf(clean: Tensor, poisoned: Tensor) -> Tensor:
     return (poisoned.double() - clean.double()).abs().flatten(1).amax(1).mul(255).float()
 
 
-def ssim(clean: Tensor, poisoned: Tensor, window: int = 11) -> Tensor:
-    """Per-image SSIM (Gaussian window 11, sigma 1.5) over the window's valid region, as Wang et al.'s
-    reference code and scikit-image compute it (torchmetrics also averages the padded border)."""
+def ssim(clean: Tensor, poisoned: Tensor) -> Tensor:
+    """Per-image SSIM (Gaussian window 11, sigma 1.5), averaged over the whole reflect-padded map as
+    torchmetrics does: the valid-only average of scikit-image would ignore a 5-pixel border, and with it
+    every corner patch trigger on 32x32 images."""
     check_images(clean, "clean"), check_images(poisoned, "poisoned")
     _same_shape(clean, poisoned)
-    if min(clean.shape[-2:]) < window:
-        raise InputError(f"SSIM needs images of at least {window}x{window}, got {tuple(clean.shape[-2:])}")
-    smap = kornia.metrics.ssim(poisoned.double(), clean.double(), window, max_val=1.0)
-    pad = window // 2
-    return smap[..., pad:-pad, pad:-pad].mean((1, 2, 3)).float()
+    if min(clean.shape[-2:]) < 11:
+        raise InputError(f"SSIM needs images of at least 11x11, got {tuple(clean.shape[-2:])}")
+    return structural_similarity_index_measure(poisoned.double(), clean.double(), data_range=1.0,
+                                               reduction="none").float()
 
 
 def stealth(clean: Tensor, poisoned: Tensor) -> dict[str, float | None]:

@@ -121,3 +121,45 @@ def _image_tensor(path: str | os.PathLike[str]) -> Tensor:
         arr = arr[:, :, None]
     t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+
+
+class AdditiveTrigger(Trigger):
+    """x' = clip(x + delta, 0, 1) for a fixed signed pattern delta (SIG's sinusoid, Trojan's square)."""
+
+    def __init__(self, delta: Tensor) -> None:
+        if delta.ndim != 3 or not torch.isfinite(delta).all() or delta.abs().max() > 1:
+            raise InputError(f"delta must be a finite (C,H,W) tensor in [-1, 1], got shape {tuple(delta.shape)}")
+        self.delta = delta.float()
+        self._cache: dict[torch.device, Tensor] = {}
+
+    def _apply(self, x: Tensor, train: bool) -> Tensor:
+        if x.shape[2:] != self.delta.shape[1:] or self.delta.shape[0] not in (1, x.shape[1]):
+            raise InputError(f"trigger is for images of shape {tuple(self.delta.shape)}, got {tuple(x.shape[1:])}")
+        if x.device not in self._cache:
+            self._cache[x.device] = self.delta.to(x.device)
+        return (x + self._cache[x.device].to(x.dtype)).clamp_(0, 1)
+
+
+class TrainTestTrigger(Trigger):
+    """One trigger for poisoning the training set and another at test time (e.g. SIG's 40 vs 60)."""
+
+    def __init__(self, train: Trigger, test: Trigger) -> None:
+        self.train_trigger, self.test_trigger = train, test
+
+    def _apply(self, x: Tensor, train: bool) -> Tensor:
+        return (self.train_trigger if train else self.test_trigger)._apply(x, train)
+
+
+def load_pattern(path: str | os.PathLike[str], image_shape: tuple[int, int, int]) -> Tensor:
+    """A pattern file (image or .npy, values 0..255) resized to (C,H,W) of the data, float in [0,1]."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from advml.data.registry import find_file
+
+    t = _image_tensor(find_file(path))
+    c, h, w = image_shape
+    if t.shape[1:] != (h, w):
+        t = TF.resize(t, [h, w], antialias=True).clamp_(0, 1)
+    if t.shape[0] != c:
+        t = t.mean(0, keepdim=True).expand(c, h, w).clone() if c == 1 else t.expand(c, h, w).clone()
+    return t

@@ -103,9 +103,10 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Load every array of an `.npz` (or one `.npy`) with `allow_pickle=False`."""
     path = _existing(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if isinstance(data, np.ndarray):
-                return {"arr_0": data}
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):  # a .npy file
+            return {"arr_0": data}
+        with data:
             return {k: data[k] for k in data.files}
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):

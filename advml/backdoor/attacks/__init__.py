@@ -6,12 +6,23 @@ from typing import Any
 
 from advml.backdoor.attacks.badnets import BadNets
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.blended import Blended, BlendStrip
+from advml.backdoor.attacks.sig import SIG
+from advml.backdoor.attacks.trojan import Trojan
 from advml.errors import ConfigError
 from advml.registry import Registry
 
 ATTACKS: Registry[type[BackdoorAttack]] = Registry("attack")
 ATTACKS.add("badnets", BadNets, "BadNets patch trigger (square/checkerboard/file), all2one or all2all; "
             "rate = fraction of the whole training set")
+ATTACKS.add("blend_kitty", Blended, "Blended: Hello Kitty alpha-blended (alpha 0.2); rate = fraction of the whole "
+            "training set")
+ATTACKS.add("blend_strip", BlendStrip, "Blended: strip pattern alpha-blended (alpha 0.2); rate = fraction of the "
+            "whole training set")
+ATTACKS.add("trojan", Trojan, "Trojan: precomputed square trigger added and clipped; rate = fraction of the whole "
+            "training set")
+ATTACKS.add("sig", SIG, "SIG clean-label sinusoid (delta 40 train / 60 test, f 6); rate = fraction of the TARGET "
+            "CLASS")
 
 
 def build_attack(spec: str | dict[str, Any], **settings: Any) -> BackdoorAttack:
@@ -25,4 +36,5 @@ def build_attack(spec: str | dict[str, Any], **settings: Any) -> BackdoorAttack:
     return ATTACKS.get(spec)(**settings)
 
 
-__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "build_attack"]
+__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "SIG", "Trojan",
+           "build_attack"]

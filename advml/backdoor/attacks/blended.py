@@ -1,0 +1,46 @@
+"""Blended (Chen et al. 2017): x' = (1 - a) x + a * pattern, with Hello Kitty or the strip pattern."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.triggers import MaskTrigger, Trigger, TrainTestTrigger, load_pattern
+
+KITTY = "triggers/d-st/hello_kitty.png"
+STRIP = "triggers/d-st/signal_cifar10_mask.npy"
+
+
+class BlendedSettings(AttackSettings):
+    """Blend settings; alpha 0.2 at train and test as in the D-ST paper's code and BackdoorBench."""
+
+    image: str = Field(KITTY, description="pattern image or .npy (path, or relative to ADVML_DATA_DIR)")
+    alpha: float = Field(0.2, gt=0, le=1, description="blend weight when poisoning the training set")
+    test_alpha: float = Field(0.2, gt=0, le=1, description="blend weight at test time")
+
+
+class StripSettings(BlendedSettings):
+    """Blend-Strip: the strip pattern of NAD / the D-ST code (vertical stripes, blended in every channel)."""
+
+    image: str = Field(STRIP, description="pattern image or .npy (path, or relative to ADVML_DATA_DIR)")
+
+
+class Blended(BackdoorAttack):
+    """Blended: the pattern (Hello Kitty by default) resized to the images and alpha-blended."""
+
+    name = "blend_kitty"
+    Settings = BlendedSettings
+
+    def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
+        s = self.settings
+        pattern = load_pattern(s.image, image_shape)
+        mk = lambda a: MaskTrigger(pattern, torch.full((1, *image_shape[1:]), a))  # noqa: E731
+        return mk(s.alpha) if s.alpha == s.test_alpha else TrainTestTrigger(mk(s.alpha), mk(s.test_alpha))
+
+
+class BlendStrip(Blended):
+    """Blend-Strip: the strip pattern alpha-blended."""
+
+    name = "blend_strip"
+    Settings = StripSettings
