@@ -15,7 +15,10 @@ class PoisonedDataset(ImageDataset):
     """Returns (image, label) like any dataset; the trigger is applied batch-wise to flagged samples."""
 
     def __init__(self, base: ImageDataset, poison_indices: Tensor, trigger: Trigger, poisoned_labels: Tensor,
-                 *, train: bool = True, settings: dict[str, Any] | None = None) -> None:
+                 *, train: bool = True, settings: dict[str, Any] | None = None,
+                 perturbed: Tensor | None = None) -> None:
+        """`perturbed` (optional): precomputed images for the sorted poison indices that replace the clean
+        ones before the trigger is applied (e.g. the adversarial images of the clean-label attack)."""
         n = len(base)
         idx = torch.as_tensor(poison_indices, dtype=torch.long).unique()
         if idx.numel() != torch.as_tensor(poison_indices).numel():
@@ -30,6 +33,11 @@ class PoisonedDataset(ImageDataset):
         self.original_labels = base.labels
         self._labels = labels
         self.settings = dict(settings or {})
+        if perturbed is not None and (perturbed.shape[0] != idx.numel() or not perturbed.is_floating_point()):
+            raise ValueError(f"perturbed must be float with one image per poisoned index ({idx.numel()})")
+        self.perturbed = perturbed
+        self._row = torch.full((n,), -1, dtype=torch.long)
+        self._row[idx] = torch.arange(idx.numel())
 
     @property
     def labels(self) -> Tensor:
@@ -43,11 +51,13 @@ class PoisonedDataset(ImageDataset):
         x, _ = self.base.get_batch(index)
         flags = self.poison_flags[index]
         if flags.any():
-            x[flags] = self.trigger.apply(x[flags], train=self.train)
+            src = self.perturbed[self._row[index[flags]]] if self.perturbed is not None else x[flags]
+            x[flags] = self.trigger.apply(src, train=self.train)
         return x, self._labels[index]
 
     def poisoned_pairs(self, limit: int | None = None) -> tuple[Tensor, Tensor]:
         """(clean, triggered) images of the poisoned samples (the first `limit`), for stealth metrics."""
         idx = self.poison_indices[:limit]
         clean, _ = self.base.get_batch(idx)
-        return clean, self.trigger.apply(clean, train=self.train)
+        src = self.perturbed[:len(idx)] if self.perturbed is not None else clean
+        return clean, self.trigger.apply(src, train=self.train)

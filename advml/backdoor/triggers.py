@@ -80,6 +80,13 @@ class MaskTrigger(Trigger):
         return cls._patch(image_shape, ((ij[:, None] + ij[None, :]) % 2 == 0).float(), corner, margin)
 
     @classmethod
+    def union(cls, triggers: list[MaskTrigger]) -> MaskTrigger:
+        """One trigger stamping several non-overlapping patches (e.g. a checkerboard in all four corners)."""
+        pattern = torch.stack([t.pattern * t.mask for t in triggers]).sum(0)
+        mask = torch.stack([t.mask.expand_as(t.pattern) for t in triggers]).amax(0)
+        return cls(pattern.clamp(0, 1), mask)
+
+    @classmethod
     def _patch(cls, image_shape: tuple[int, int, int], patch: Tensor, corner: str, margin: int) -> MaskTrigger:
         c, h, w = image_shape
         s = patch.shape[0]

@@ -7,6 +7,7 @@ from typing import Any
 from advml.backdoor.attacks.badnets import BadNets
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
 from advml.backdoor.attacks.blended import Blended, BlendStrip
+from advml.backdoor.attacks.clean_label import CleanLabel
 from advml.backdoor.attacks.sig import SIG
 from advml.backdoor.attacks.trojan import Trojan
 from advml.errors import ConfigError
@@ -21,6 +22,8 @@ ATTACKS.add("blend_strip", BlendStrip, "Blended: strip pattern alpha-blended (al
             "whole training set")
 ATTACKS.add("trojan", Trojan, "Trojan: precomputed square trigger added and clipped; rate = fraction of the whole "
             "training set")
+ATTACKS.add("clean_label", CleanLabel, "Clean-label: PGD (8/255, 4 steps) on target-class images + four-corner "
+            "checkerboards; rate = fraction of the TARGET CLASS")
 ATTACKS.add("sig", SIG, "SIG clean-label sinusoid (delta 40 train / 60 test, f 6); rate = fraction of the TARGET "
             "CLASS")
 
@@ -36,5 +39,5 @@ def build_attack(spec: str | dict[str, Any], **settings: Any) -> BackdoorAttack:
     return ATTACKS.get(spec)(**settings)
 
 
-__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "SIG", "Trojan",
+__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "CleanLabel", "SIG", "Trojan",
            "build_attack"]
