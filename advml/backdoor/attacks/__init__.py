@@ -8,8 +8,10 @@ from advml.backdoor.attacks.badnets import BadNets
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
 from advml.backdoor.attacks.blended import Blended, BlendStrip
 from advml.backdoor.attacks.clean_label import CleanLabel
+from advml.backdoor.attacks.low_frequency import LowFrequency
 from advml.backdoor.attacks.sig import SIG
 from advml.backdoor.attacks.trojan import Trojan
+from advml.backdoor.attacks.wanet import WaNet
 from advml.errors import ConfigError
 from advml.registry import Registry
 
@@ -38,6 +40,11 @@ def build_attack(spec: str | dict[str, Any], **settings: Any) -> BackdoorAttack:
         spec = settings.pop("name")
     return ATTACKS.get(spec)(**settings)
 
+ATTACKS.add("wanet", WaNet, "WaNet: a fixed smooth warp (k 4, s 0.5) + noise mode (cross_ratio 2 x as many other "
+            "samples warped with noise, labels kept); rate = fraction of the whole training set (relabelled only)")
+ATTACKS.add("low_frequency", LowFrequency, "Low-Frequency: BackdoorBench's universal low-frequency pattern added and "
+            "clipped; rate = fraction of the whole training set")
 
-__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "CleanLabel", "SIG", "Trojan",
+__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "CleanLabel", "LowFrequency", "SIG", "Trojan",
+           "WaNet",
            "build_attack"]
