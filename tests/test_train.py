@@ -79,7 +79,8 @@ def test_custom_loss_sees_batches_with_indices(sample):
 def test_bad_training_settings():
     with pytest.raises(ConfigError, match="epochs"):
         TrainConfig(epochs=0)
-    with pytest.raises(ConfigError, match="CUDA is not available"):
-        if torch.cuda.is_available():
-            raise ConfigError("CUDA is not available (skipped: a GPU is present)")
-        Trainer(torch.nn.Linear(1, 1), TrainConfig(device="cuda"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            Trainer(torch.nn.Linear(1, 1), TrainConfig(device="cuda"))
+    with pytest.raises(ConfigError, match="invalid device"):
+        Trainer(torch.nn.Linear(1, 1), TrainConfig(device="gpu0"))

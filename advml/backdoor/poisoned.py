@@ -9,6 +9,7 @@ from torch import Tensor
 
 from advml.backdoor.triggers import Trigger
 from advml.data.base import ImageDataset
+from advml.errors import ConfigError, InputError
 
 
 class PoisonedDataset(ImageDataset):
@@ -22,7 +23,7 @@ class PoisonedDataset(ImageDataset):
         n = len(base)
         idx = torch.as_tensor(poison_indices, dtype=torch.long).unique()
         if idx.numel() != torch.as_tensor(poison_indices).numel():
-            raise ValueError("poison_indices contain duplicates")
+            raise ConfigError("poison_indices contain duplicates")
         flags = torch.zeros(n, dtype=torch.bool)
         flags[idx] = True
         labels = base.labels.clone()
@@ -34,7 +35,7 @@ class PoisonedDataset(ImageDataset):
         self._labels = labels
         self.settings = dict(settings or {})
         if perturbed is not None and (perturbed.shape[0] != idx.numel() or not perturbed.is_floating_point()):
-            raise ValueError(f"perturbed must be float with one image per poisoned index ({idx.numel()})")
+            raise InputError(f"perturbed must be float with one image per poisoned index ({idx.numel()})")
         self.perturbed = perturbed
         self._row = torch.full((n,), -1, dtype=torch.long)
         self._row[idx] = torch.arange(idx.numel())

@@ -16,7 +16,7 @@ from advml.utils.io import load_state_dict
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-# A backbone factory: (image_size, in_channels, pretrained, **options) -> (backbone, feature_dim)
+# A backbone factory: (image_size, in_channels, pretrained, **options) -> (backbone, feature_dim[, pretrained head])
 BackboneFactory = Callable[..., tuple[nn.Module, int]]
 MODELS: Registry[BackboneFactory] = Registry("model")
 
@@ -51,7 +51,7 @@ def _preact_resnet18(image_size: int, in_channels: int, pretrained: bool, width:
 
 def _tv_factory(name: str) -> BackboneFactory:
     def factory(image_size: int, in_channels: int, pretrained: bool,
-                small_input: bool | None = None) -> tuple[nn.Module, int]:
+                small_input: bool | None = None) -> tuple[nn.Module, int, nn.Linear | None]:
         small = (image_size < 64 and not pretrained) if small_input is None else small_input
         if name == "inception_v3" and not small and image_size < 75:
             raise ConfigError("inception_v3 needs images of at least 75x75 (or small_input=True)")
@@ -75,7 +75,8 @@ def build_model(name: str, num_classes: int, *, image_size: int = 32, in_channel
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     try:
-        backbone, dim = factory(image_size=image_size, in_channels=in_channels, pretrained=pretrained, **options)
+        backbone, dim, *head = factory(image_size=image_size, in_channels=in_channels, pretrained=pretrained,
+                                       **options)
     except TypeError as e:
         raise ConfigError(f"model {name!r}: {e}") from None
     if pretrained:
@@ -86,9 +87,8 @@ def build_model(name: str, num_classes: int, *, image_size: int = 32, in_channel
     if len(mean) != in_channels or len(std) != in_channels:
         raise ConfigError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
     model = ImageClassifier(backbone, dim, num_classes, mean, std)
-    head = getattr(backbone, "_advml_pretrained_head", None)
-    if head is not None and num_classes == head.out_features:
-        model.head = head
+    if head and head[0] is not None and num_classes == head[0].out_features:
+        model.head = head[0]  # keep the ImageNet classifier when the classes are ImageNet's
     if weights is not None:
         load_weights(model, weights)
     return model

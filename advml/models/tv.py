@@ -36,8 +36,10 @@ def _small_stem(name: str, net: nn.Module, in_channels: int) -> None:
         net.maxpool2 = nn.Identity()
 
 
-def build_torchvision(name: str, *, pretrained: bool, small_input: bool, in_channels: int = 3) -> tuple[nn.Module, int]:
-    """A torchvision network with its classification layer removed, and its feature size."""
+def build_torchvision(name: str, *, pretrained: bool, small_input: bool,
+                      in_channels: int = 3) -> tuple[nn.Module, int, nn.Linear | None]:
+    """A torchvision network with its classification layer removed, its feature size, and the removed
+    ImageNet head when the weights are pretrained."""
     fn: Callable[..., nn.Module] = getattr(torchvision.models, name)
     kwargs: dict = {}
     if name == "inception_v3":
@@ -63,5 +65,4 @@ def build_torchvision(name: str, *, pretrained: bool, small_input: bool, in_chan
         parent[int(path[-1])] = nn.Identity()
     else:
         setattr(parent, path[-1], nn.Identity())
-    net._advml_pretrained_head = head if pretrained else None  # lets the registry keep the ImageNet head
-    return net, head.in_features
+    return net, head.in_features, head if pretrained else None
