@@ -26,6 +26,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/poison_speed.py
+	$(BIN)/python benchmarks/trigger_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -127,6 +127,55 @@ def _print_metrics(m: dict[str, Any]) -> None:
         typer.echo(f"{key:<10} {f.format(value) if value is not None else 'n/a'}")
 
 
+def _data(dataset: str, data_dir: Optional[str], test_size: Optional[int], seed: int):
+    from advml.data import load_dataset
+
+    return load_dataset(dataset, data_dir, test_size=test_size, seed=seed)
+
+
+@app.command()
+@_errors
+def triggers(
+    attack: Annotated[str, typer.Option(help="attack name (advml attacks)")],
+    out: Annotated[Path, typer.Option(help="figure file (.png, .pdf, .svg)")],
+    dataset: Annotated[str, typer.Option(help="dataset name")] = "sample",
+    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    n: Annotated[int, typer.Option(help="images shown")] = 8,
+    seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="attack setting KEY=VALUE")] = None,
+) -> None:
+    """Draw clean, poisoned and amplified-residual images for one attack."""
+    from advml.backdoor import build_attack
+    from advml.backdoor.inspect import trigger_figure
+    from advml.config import parse_assignments
+
+    figures = trigger_figure(build_attack(attack, **parse_assignments(sets or [])),
+                             _data(dataset, data_dir, None, seed), out, n=n, seed=seed)
+    typer.echo(f"wrote {out}  (" + ", ".join(f"{k} {v:.3g}" for k, v in figures.items() if v is not None) + ")")
+
+
+@app.command()
+@_errors
+def stealth(
+    out: Annotated[Path, typer.Option(help="folder for stealth.json and stealth.md")],
+    dataset: Annotated[str, typer.Option(help="dataset name")] = "sample",
+    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    n: Annotated[int, typer.Option(help="test images measured")] = 1000,
+    attacks: Annotated[Optional[str], typer.Option(help="comma-separated attacks (default: all)")] = None,
+    seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="ATTACK.KEY=VALUE, e.g. trojannn.iters=200")] = None,
+) -> None:
+    """PSNR, l-inf and SSIM of every registered attack over the same test images, as one table."""
+    from advml.backdoor.inspect import stealth_table
+    from advml.config import parse_assignments
+
+    data = _data(dataset, data_dir, None, seed)
+    n = min(n, len(data.test))
+    stealth_table(data, out, attacks=attacks.split(",") if attacks else None, n=n, seed=seed,
+                  settings=parse_assignments(sets or []))
+    typer.echo((out / "stealth.md").read_text())
+
+
 @app.command()
 @_errors
 def demo(

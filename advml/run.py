@@ -103,18 +103,20 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
     model = build_model(settings.model, data.num_classes, image_size=h, in_channels=c, mean=data.mean,
                         std=data.std, **settings.model_options)
     trainer = Trainer(model, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
-    history = trainer.fit(poisoned, {"clean_acc": data.test, "asr": backdoor_test}, resume=resume)
+    evals = {"clean_acc": data.test} if backdoor_test is None else {"clean_acc": data.test, "asr": backdoor_test}
+    history = trainer.fit(poisoned, evals, resume=resume)
     save_tensors(out / "model.safetensors", model.state_dict(), {"model": settings.model})
 
-    clean, triggered = poisoned.poisoned_pairs(limit=STEALTH_SAMPLE)
+    has_poison = bool(poisoned.poison_flags.any())
     metrics: dict[str, Any] = {
         "clean_acc": history[-1]["clean_acc"],
-        "asr": history[-1]["asr"],
-        **stealth(clean, triggered),
+        "asr": history[-1].get("asr"),  # None without an attack
+        **(stealth(*poisoned.poisoned_pairs(limit=STEALTH_SAMPLE)) if has_poison
+           else {"psnr": None, "linf": None, "ssim": None}),
         "poison_count": int(poisoned.poison_flags.sum()),
         "train_size": len(poisoned),
         "test_size": len(data.test),
-        "backdoor_test_size": len(backdoor_test),
+        "backdoor_test_size": len(backdoor_test) if backdoor_test is not None else 0,
         "history": history,
     }
     write_json(out / "metrics.json", metrics)

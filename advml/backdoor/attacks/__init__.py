@@ -9,13 +9,16 @@ from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
 from advml.backdoor.attacks.blended import Blended, BlendStrip
 from advml.backdoor.attacks.clean_label import CleanLabel
 from advml.backdoor.attacks.low_frequency import LowFrequency
+from advml.backdoor.attacks.none import NoAttack
 from advml.backdoor.attacks.sig import SIG
 from advml.backdoor.attacks.trojan import Trojan
+from advml.backdoor.attacks.trojannn import TrojanNN
 from advml.backdoor.attacks.wanet import WaNet
 from advml.errors import ConfigError
 from advml.registry import Registry
 
 ATTACKS: Registry[type[BackdoorAttack]] = Registry("attack")
+ATTACKS.add("none", NoAttack, "No attack (standard training): the baseline row; no ASR")
 ATTACKS.add("badnets", BadNets, "BadNets patch trigger (square/checkerboard/file), all2one or all2all; "
             "rate = fraction of the whole training set")
 ATTACKS.add("blend_kitty", Blended, "Blended: Hello Kitty alpha-blended (alpha 0.2); rate = fraction of the whole "
@@ -24,6 +27,8 @@ ATTACKS.add("blend_strip", BlendStrip, "Blended: strip pattern alpha-blended (al
             "whole training set")
 ATTACKS.add("trojan", Trojan, "Trojan: precomputed square trigger added and clipped; rate = fraction of the whole "
             "training set")
+ATTACKS.add("trojannn", TrojanNN, "TrojanNN: trigger generated in a mask (apple) to excite 2 penultimate neurons "
+            "of a clean model; rate = fraction of the whole training set")
 ATTACKS.add("clean_label", CleanLabel, "Clean-label: PGD (8/255, 4 steps) on target-class images + four-corner "
             "checkerboards; rate = fraction of the TARGET CLASS")
 ATTACKS.add("sig", SIG, "SIG clean-label sinusoid (delta 40 train / 60 test, f 6); rate = fraction of the TARGET "
@@ -45,6 +50,6 @@ ATTACKS.add("wanet", WaNet, "WaNet: a fixed smooth warp (k 4, s 0.5) + noise mod
 ATTACKS.add("low_frequency", LowFrequency, "Low-Frequency: BackdoorBench's universal low-frequency pattern added and "
             "clipped; rate = fraction of the whole training set")
 
-__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "CleanLabel", "LowFrequency", "SIG", "Trojan",
+__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "CleanLabel", "LowFrequency", "NoAttack", "SIG", "Trojan", "TrojanNN",
            "WaNet",
            "build_attack"]

@@ -40,10 +40,10 @@ class BackdoorAttack:
         """The trigger for images of this shape."""
         raise NotImplementedError
 
-    def trigger_for(self, data: ImageDataset) -> Trigger:
-        """The trigger sized for `data` (built once per shape)."""
+    def trigger_for(self, data: ImageDataset | tuple[int, int, int]) -> Trigger:
+        """The trigger sized for `data` or for a (C,H,W) shape (built once per shape)."""
         cache = self.__dict__.setdefault("_triggers", {})
-        shape = data.image_shape
+        shape = tuple(data) if isinstance(data, tuple) else data.image_shape
         if shape not in cache:
             cache[shape] = self.build_trigger(shape)
         return cache[shape]
@@ -86,10 +86,19 @@ class BackdoorAttack:
         gen = torch.Generator().manual_seed(seed)
         return pool[torch.randperm(pool.numel(), generator=gen)[:k]].sort().values
 
+    def prepare(self, train: ImageDataset, seed: int) -> None:
+        """Work on the clean training data that must precede poisoning (a surrogate model, a generated
+        trigger); nothing for most attacks. `poison` calls it."""
+
+    def poison_images(self, x: Tensor, y: Tensor) -> Tensor:
+        """The training-time poisoned version of every given clean image (for stealth tables and figures)."""
+        return self.trigger_for(tuple(x.shape[1:])).apply(x, train=True)
+
     def poison(self, train: ImageDataset, *, seed: int = 0) -> PoisonedDataset:
         """The poisoned training set."""
         train = as_image_dataset(train)
         self._check_target(train.num_classes)
+        self.prepare(train, seed)
         idx = self.select(train.labels, seed)
         new = self.target_labels(train.labels[idx], train.num_classes)
         return PoisonedDataset(train, idx, self.trigger_for(train), new, train=True, settings=self.describe())

@@ -7,25 +7,15 @@ from typing import Any
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
 from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.triggers import CORNERS, MaskTrigger, Trigger
-from advml.config import Settings
+from advml.errors import ConfigError
+from advml.backdoor.attacks.surrogate import SurrogateSettings, train_surrogate
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.evasion import IterativeAttack
-from advml.models import build_model
-from advml.train import TrainConfig, Trainer
-
-
-class SurrogateSettings(Settings):
-    """The model trained on the clean data that PGD attacks (when no model is passed)."""
-
-    model: str = "resnet18_narrow"
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(0.05, gt=0)
-    augment: str = "none"
 
 
 class CleanLabelSettings(AttackSettings):
@@ -61,28 +51,29 @@ class CleanLabel(BackdoorAttack):
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         return MaskTrigger.union([MaskTrigger.checkerboard(image_shape, self.settings.size, c) for c in CORNERS])
 
-    def _surrogate(self, train: ImageDataset, seed: int) -> nn.Module:
-        s = self.settings.surrogate
-        torch.manual_seed(seed)
-        c, h, _ = train.image_shape
-        model = build_model(s.model, train.num_classes, image_size=h, in_channels=c)
-        Trainer(model, TrainConfig(epochs=s.epochs, lr=s.lr, augment=s.augment, progress=False), seed=seed) \
-            .fit(train)
-        return model
+    def prepare(self, train: ImageDataset, seed: int) -> None:
+        if self.model is None:
+            self.model = train_surrogate(self.settings.surrogate, train, seed)
+        self._seed = seed
+
+    def adversarial(self, x: Tensor, y: Tensor) -> Tensor:
+        """PGD away from each image's own label against the clean model (seeded random start)."""
+        if self.model is None:
+            raise ConfigError("clean_label needs a clean model: pass model=... or call prepare(train, seed)")
+        s = self.settings
+        pgd = IterativeAttack(self.model, eps=s.eps, step=s.step, iters=s.steps, random_start=True,
+                              generator=torch.Generator().manual_seed(getattr(self, "_seed", 0)))
+        device = next(self.model.parameters()).device
+        return torch.cat([pgd(xc.to(device), yc.to(device)).cpu() for xc, yc in zip(x.split(256), y.split(256))])
+
+    def poison_images(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.trigger_for(tuple(x.shape[1:])).apply(self.adversarial(x, y), train=True)
 
     def poison(self, train: ImageDataset, *, seed: int = 0) -> PoisonedDataset:
         """Poisoned set: PGD on the chosen target-class images against the clean model, then the trigger."""
         train = as_image_dataset(train)
         self._check_target(train.num_classes)
+        self.prepare(train, seed)
         idx = self.select(train.labels, seed)
-        model = self.model if self.model is not None else self._surrogate(train, seed)
-        s = self.settings
-        pgd = IterativeAttack(model, eps=s.eps, step=s.step, iters=s.steps, random_start=True,
-                              generator=torch.Generator().manual_seed(seed))
-        device = next(model.parameters()).device
-        adv = []
-        for chunk in idx.split(256):
-            x, y = train.get_batch(chunk)
-            adv.append(pgd(x.to(device), y.to(device)).cpu())
         return PoisonedDataset(train, idx, self.trigger_for(train), train.labels[idx], train=True,
-                               settings=self.describe(), perturbed=torch.cat(adv))
+                               settings=self.describe(), perturbed=self.adversarial(*train.get_batch(idx)))
