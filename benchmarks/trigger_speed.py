@@ -45,7 +45,7 @@ def main() -> None:
             continue
         if name == "trojannn":
             torch.manual_seed(0)
-            attack = build_attack(name, iters=1, batch=1)
+            attack = build_attack(name, iters=1)
             attack.model = build_model("cnn_small", 10)
             attack.prepare(train, 0)
         else:

@@ -1,5 +1,5 @@
-"""TrojanNN (Liu et al., NDSS 2018) trigger generation: pick the penultimate neurons most strongly connected
-to the classifier and optimise the pixels inside a mask to drive them to a high activation, then poison."""
+"""TrojanNN (Liu et al., NDSS 2018) trigger generation: pick the penultimate neurons most connected to the
+mask region and optimise the pixels inside a mask to drive them to a high activation, then poison."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ class TrojanNNSettings(AttackSettings):
     target_activation: float = Field(100.0, gt=0, description="activation the optimisation drives them to")
     iters: int = Field(1000, ge=1, description="optimisation steps on the masked pixels")
     lr: float = Field(0.1, gt=0, description="Adam step size on the pixels")
-    batch: int = Field(32, ge=1, description="clean training images the trigger is optimised on")
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
 
 
@@ -46,34 +45,39 @@ class TrojanNN(BackdoorAttack):
         if self._generated is None:
             if self.model is None:
                 self.model = train_surrogate(self.settings.surrogate, train, seed)
-            gen = torch.Generator().manual_seed(seed)
-            pick = torch.randperm(len(train), generator=gen)[:self.settings.batch]
-            self._generated = self.generate(train.get_batch(pick)[0], seed)
+            self._generated = self.generate(train.image_shape, seed)
 
-    def select_neurons(self) -> Tensor:
-        """The penultimate neurons with the largest total |weight| into the classifier (TrojanNN's choice)."""
-        head = getattr(self.model, "head", None)
-        if not isinstance(head, nn.Linear) or not hasattr(self.model, "features"):
-            raise ConfigError("trojannn needs a model with `features(x)` and a linear `head` (advml's models)")
-        return head.weight.abs().sum(0).topk(self.settings.neurons).indices
+    def select_neurons(self, images: Tensor, mask: Tensor, gen: torch.Generator) -> Tensor:
+        """The penultimate neurons most connected to the mask region: those whose activation moves most when
+        the masked pixels of `images` are replaced by random ones (a neuron that never moves, e.g. one held at
+        zero by its ReLU, could not be driven by the trigger)."""
+        if not hasattr(self.model, "features"):
+            raise ConfigError("trojannn needs a model with `features(x)` (advml's models do)")
+        with torch.no_grad():
+            base = self.model.features(images)
+            moves = torch.stack([
+                (self.model.features(torch.lerp(images, torch.rand(images.shape[1:], generator=gen)
+                                                .to(images.device), mask)) - base).abs().mean(0)
+                for _ in range(8)]).mean(0)
+        if int((moves > 0).sum()) < self.settings.neurons:
+            raise ConfigError(f"only {int((moves > 0).sum())} penultimate neurons react to the mask region")
+        return moves.topk(self.settings.neurons).indices
 
-    def generate(self, images: Tensor, seed: int) -> MaskTrigger:
-        """Optimise the pixels inside the mask, stamped on clean `images`, so that the selected neurons reach
-        the target activation. (On an otherwise black image, as in the paper, a neuron that starts at zero
-        behind a ReLU gets no gradient; real images keep it alive.)"""
+    def generate(self, image_shape: tuple[int, int, int], seed: int) -> MaskTrigger:
+        """Optimise the pixels inside the mask, on an otherwise black image as in the paper, so that the
+        selected neurons reach the target activation."""
         s = self.settings
-        image_shape = tuple(images.shape[1:])
         mask = (load_pattern(s.mask, image_shape).amax(0, keepdim=True) > 0.5).float()
         if mask.sum() == 0:
             raise ConfigError(f"the mask {s.mask} is empty at {image_shape[2]}x{image_shape[1]}")
         model = self.model.eval()
         device = next(model.parameters()).device
-        neurons = self.select_neurons()
+        gen = torch.Generator().manual_seed(seed)
+        neurons = self.select_neurons(torch.zeros((1, *image_shape), device=device), mask.to(device), gen)
         for p in model.parameters():
             p.requires_grad_(False)
-        gen = torch.Generator().manual_seed(seed)
         pattern = torch.rand((1, *image_shape), generator=gen).to(device).requires_grad_(True)
-        m, x = mask.to(device), images.to(device)
+        m, x = mask.to(device), torch.zeros((1, *image_shape), device=device)
 
         def activation() -> Tensor:
             return model.features(torch.lerp(x, pattern, m))[:, neurons.to(device)].mean(0)
