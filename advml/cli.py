@@ -127,10 +127,10 @@ def _print_metrics(m: dict[str, Any]) -> None:
         typer.echo(f"{key:<10} {f.format(value) if value is not None else 'n/a'}")
 
 
-def _data(dataset: str, data_dir: Optional[str], test_size: Optional[int], seed: int):
+def _data(dataset: str, data_dir: Optional[str], train_size: Optional[int], seed: int):
     from advml.data import load_dataset
 
-    return load_dataset(dataset, data_dir, test_size=test_size, seed=seed)
+    return load_dataset(dataset, data_dir, train_size=train_size, seed=seed)
 
 
 @app.command()
@@ -141,6 +141,7 @@ def triggers(
     dataset: Annotated[str, typer.Option(help="dataset name")] = "sample",
     data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     n: Annotated[int, typer.Option(help="images shown")] = 8,
+    train_size: Annotated[Optional[int], typer.Option(help="train images for attacks that train a clean model")] = None,
     seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="attack setting KEY=VALUE")] = None,
 ) -> None:
@@ -150,7 +151,7 @@ def triggers(
     from advml.config import parse_assignments
 
     figures = trigger_figure(build_attack(attack, **parse_assignments(sets or [])),
-                             _data(dataset, data_dir, None, seed), out, n=n, seed=seed)
+                             _data(dataset, data_dir, train_size, seed), out, n=n, seed=seed)
     typer.echo(f"wrote {out}  (" + ", ".join(f"{k} {v:.3g}" for k, v in figures.items() if v is not None) + ")")
 
 
@@ -161,6 +162,7 @@ def stealth(
     dataset: Annotated[str, typer.Option(help="dataset name")] = "sample",
     data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     n: Annotated[int, typer.Option(help="test images measured")] = 1000,
+    train_size: Annotated[Optional[int], typer.Option(help="train images for attacks that train a clean model")] = None,
     attacks: Annotated[Optional[str], typer.Option(help="comma-separated attacks (default: all)")] = None,
     seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="ATTACK.KEY=VALUE, e.g. trojannn.iters=200")] = None,
@@ -169,7 +171,7 @@ def stealth(
     from advml.backdoor.inspect import stealth_table
     from advml.config import parse_assignments
 
-    data = _data(dataset, data_dir, None, seed)
+    data = _data(dataset, data_dir, train_size, seed)
     n = min(n, len(data.test))
     stealth_table(data, out, attacks=attacks.split(",") if attacks else None, n=n, seed=seed,
                   settings=parse_assignments(sets or []))

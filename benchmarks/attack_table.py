@@ -25,12 +25,14 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(rows)
     results = {}
     for row in names:
-        attack = {"name": row, **(rows[row] or {})}
+        spec = rows[row] or {}
+        attack = {"name": row, **spec.get("attack", {})}
         out = Path(args.out) / row
         if (out / "metrics.json").is_file():
             results[row] = json.loads((out / "metrics.json").read_text())
         else:
-            settings = load_settings(None, deep_merge(preset["base"], {"attack": attack, "train": {"progress": False}}))
+            overrides = {"attack": attack, "train": {**spec.get("train", {}), "progress": False}}
+            settings = load_settings(None, deep_merge(preset["base"], overrides))
             results[row] = run_backdoor(settings, out, overwrite=True).metrics
         m = results[row]
         print(f"{row}: clean_acc {m['clean_acc']:.3f} asr {m['asr'] if m['asr'] is None else round(m['asr'], 3)}",
