@@ -58,7 +58,7 @@ def test_pgd_budget_and_objective(sample, model):
 def test_bad_inputs(model, sample):
     with pytest.raises(ConfigError, match="eps"):
         IterativeAttack(model, eps=0)
-    with pytest.raises(InputError, match="one label per image"):
+    with pytest.raises(InputError, match="one integer label per image"):
         IterativeAttack(model)(torch.rand(2, 3, 32, 32), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ConfigError, match="surrogate.epochs"):
         build_attack("clean_label", surrogate={"epochs": 0})

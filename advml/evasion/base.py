@@ -1,9 +1,13 @@
-"""IterativeAttack: l-inf sign-gradient iterations (I-FGSM; PGD with `random_start`), written as hooks
-(init_delta, transform, loss, grad, momentum, update) so that MI/TI/DI/SI/Admix/RAP override one or two."""
+"""IterativeAttack: l-inf sign-gradient iterations (I-FGSM; PGD with `random_start`) built from hooks.
+
+A transfer method (MI, TI, DI, SI, Admix, RAP) is a `Method` that overrides one or two hooks; an attack holds
+a list of them, so methods compose (`compose("mi-ti-di+rap-ls", model)`). Sign convention: every hook works
+on an objective that the attack *ascends* (CE of the true label, or minus CE of the target label).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -13,50 +17,104 @@ from advml.errors import ConfigError, InputError
 from advml.utils.checks import check_images
 
 
+class Method:
+    """One ingredient of an iterative attack; subclasses override only what differs."""
+
+    name = "ifgsm"
+
+    def expand(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """More input copies per image (SI scales, Admix mixes); the loss averages over them."""
+        return x, y
+
+    def transform(self, attack: IterativeAttack, x: Tensor) -> Tensor:
+        """A random input transformation before each forward pass (DI)."""
+        return x
+
+    def outer_point(self, attack: IterativeAttack, x_adv: Tensor, goal: Tensor, it: int) -> Tensor:
+        """Where the outer gradient is taken (RAP moves it to x_adv + n_rap)."""
+        return x_adv
+
+    def grad(self, attack: IterativeAttack, g: Tensor) -> Tensor:
+        """Post-process the gradient (TI smooths it)."""
+        return g
+
+    def momentum(self, attack: IterativeAttack, g: Tensor, state: dict[str, Any]) -> Tensor:
+        """Turn the gradient into the step direction (MI accumulates)."""
+        return g
+
+
 class IterativeAttack:
     """Untargeted: maximise the loss of the true label; targeted: minimise that of the target label."""
 
     def __init__(self, model: nn.Module, *, eps: float = 16 / 255, step: float = 2 / 255, iters: int = 10,
                  loss: Literal["ce", "logit"] = "ce", random_start: bool = False,
-                 generator: torch.Generator | None = None) -> None:
+                 methods: list[Method] | None = None, generator: torch.Generator | None = None,
+                 record_at: tuple[int, ...] = (), spec: str | None = None) -> None:
         if not 0 < eps <= 1 or not 0 < step <= 1 or iters < 1:
             raise ConfigError(f"need 0 < eps <= 1, 0 < step <= 1, iters >= 1; got {eps}, {step}, {iters}")
         if loss not in ("ce", "logit"):
             raise ConfigError(f"unknown loss {loss!r}; valid: ce, logit")
         self.model, self.eps, self.step, self.iters = model, eps, step, iters
         self.loss_name, self.random_start = loss, random_start
-        self.generator = generator
+        self.methods = list(methods or [])
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.record_at = tuple(record_at)
+        self.snapshots: dict[int, Tensor] = {}  # iteration -> adversarial images, for `record_at`
+        self.true_labels: Tensor | None = None  # the images' true labels during a call (Admix needs them)
+        self.targeted = False
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        """The composed method's name."""
+        return self.spec or "-".join(m.name for m in self.methods) or "ifgsm"
+
+    def rand(self, *shape: int, device: torch.device | None = None) -> Tensor:
+        """Uniform [0,1) numbers from the attack's seeded generator (drawn on the CPU for reproducibility)."""
+        return torch.rand(shape, generator=self.generator).to(device) if device else torch.rand(
+            shape, generator=self.generator)
 
     # --- hooks ----------------------------------------------------------------------------------------
     def init_delta(self, x: Tensor) -> Tensor:
         """Starting perturbation: zero, or uniform in the eps ball with `random_start`."""
         if not self.random_start:
             return torch.zeros_like(x)
-        u = torch.rand(x.shape, generator=self.generator).to(x.device, x.dtype)
+        u = self.rand(*x.shape, device=x.device).to(x.dtype)
         return ((2 * u - 1) * self.eps).add_(x).clamp_(0, 1).sub_(x)
 
-    def transform(self, x: Tensor, it: int) -> Tensor:
-        """Input transformation before the forward pass (identity here; DI/SI/Admix override)."""
-        return x
-
-    def loss(self, logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
-        """The objective to ascend: CE (or the negative target logit / the true logit) with the sign set."""
-        if self.loss_name == "logit":  # raise the target logit, or lower the true one
+    def objective(self, logits: Tensor, labels: Tensor, targeted: bool, loss: str | None = None) -> Tensor:
+        """What the attack ascends: CE (or the true logit's negative / the target logit), signed, summed."""
+        if (loss or self.loss_name) == "logit":  # raise the target logit, or lower the true one
             picked = logits.gather(1, labels[:, None]).sum()
             return picked if targeted else -picked
         ce = F.cross_entropy(logits, labels, reduction="sum")
         return -ce if targeted else ce
 
-    def grad(self, x_adv: Tensor, labels: Tensor, targeted: bool, it: int) -> Tensor:
-        """Gradient of the objective at x_adv (TI smooths it, RAP moves where it is taken)."""
-        with torch.enable_grad():  # also works when called under torch.no_grad()
-            x_adv = x_adv.detach().requires_grad_(True)
-            obj = self.loss(self.model(self.transform(x_adv, it)), labels, targeted)
-            (g,) = torch.autograd.grad(obj, x_adv)
+    def loss_grad(self, point: Tensor, labels: Tensor, targeted: bool, *, plain: bool = False,
+                  loss: str | None = None) -> Tensor:
+        """Gradient of the objective at `point`, averaged over the methods' input copies and transforms
+        (`plain`: just the model, as RAP's inner loop uses)."""
+        with torch.enable_grad():  # also works under torch.no_grad()
+            point = point.detach().requires_grad_(True)
+            xs, ys = point, labels
+            if not plain:
+                for m in self.methods:
+                    xs, ys = m.expand(self, xs, ys)
+                for m in self.methods:
+                    xs = m.transform(self, xs)
+            copies = xs.shape[0] // point.shape[0]
+            obj = self.objective(self.model(xs), ys, targeted, loss) / copies
+            (g,) = torch.autograd.grad(obj, point)
         return g
 
-    def momentum(self, g: Tensor, state: dict[str, Tensor]) -> Tensor:
-        """Direction from the gradient (plain here; MI accumulates)."""
+    def grad(self, x_adv: Tensor, goal: Tensor, targeted: bool, it: int) -> Tensor:
+        """The outer gradient: at the methods' outer point, then post-processed (TI)."""
+        point = x_adv
+        for m in self.methods:
+            point = m.outer_point(self, point, goal, it)
+        g = self.loss_grad(point, goal, targeted)
+        for m in self.methods:
+            g = m.grad(self, g)
         return g
 
     def update(self, x: Tensor, delta: Tensor, direction: Tensor) -> Tensor:
@@ -68,15 +126,26 @@ class IterativeAttack:
     def __call__(self, images: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
         """Adversarial images within eps (l-inf) of `images`; targeted when `targets` is given."""
         check_images(images, "images")
-        if labels.shape != images.shape[:1]:
-            raise InputError(f"need one label per image, got {tuple(labels.shape)} for {images.shape[0]} images")
+        for name, t in (("labels", labels), ("targets", targets)):
+            if t is not None and (t.shape != images.shape[:1] or t.dtype not in (torch.int64, torch.int32)):
+                raise InputError(f"need one integer {name[:-1]} per image, got {tuple(t.shape)} {t.dtype} "
+                                 f"for {images.shape[0]} images")
         was_training = self.model.training
         self.model.eval()
         x = images.detach()
-        goal = (targets if targets is not None else labels).to(x.device)
+        self.true_labels, self.targeted = labels.to(x.device).long(), targets is not None
+        goal = (targets if targets is not None else labels).to(x.device).long()
         delta, state = self.init_delta(x), {}
-        for it in range(self.iters):
-            g = self.grad(x + delta, goal, targets is not None, it)
-            delta = self.update(x, delta, self.momentum(g, state))
-        self.model.train(was_training)
+        self.snapshots = {}
+        try:
+            for it in range(self.iters):
+                g = self.grad(x + delta, goal, self.targeted, it)
+                for m in self.methods:
+                    g = m.momentum(self, g, state)
+                delta = self.update(x, delta, g)
+                if it + 1 in self.record_at:
+                    self.snapshots[it + 1] = (x + delta).detach().cpu()
+        finally:
+            self.model.train(was_training)
+            self.true_labels = None
         return (x + delta).detach()

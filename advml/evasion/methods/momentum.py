@@ -1,0 +1,24 @@
+"""MI-FGSM (Dong et al. 2018): g <- g / mean|g| + decay * g_prev."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from advml.evasion.base import IterativeAttack, Method
+
+
+class MI(Method):
+    """Momentum: accumulate L1-normalised gradients (decay 1.0 as in the RAP code)."""
+
+    name = "mi"
+
+    def __init__(self, decay: float = 1.0) -> None:
+        self.decay = decay
+
+    def momentum(self, attack: IterativeAttack, g: Tensor, state: dict[str, Any]) -> Tensor:
+        g = g / g.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        prev = state.get("mi")
+        state["mi"] = g if prev is None else g + self.decay * prev
+        return state["mi"]

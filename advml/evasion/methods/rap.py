@@ -1,0 +1,47 @@
+"""RAP (Qin et al., NeurIPS 2022): take the outer gradient at x_adv + n_rap, where n_rap is the worst
+perturbation (l-inf eps_n) around x_adv found by a K-step inner PGD; RAP-LS starts it late."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from advml.errors import ConfigError
+from advml.evasion.base import IterativeAttack, Method
+
+
+class RAP(Method):
+    """Reverse adversarial perturbation. The inner loop uses plain CE (as the official code): targeted, it
+    pushes away from the target; untargeted, it pulls toward the true label. `late_start` (RAP-LS: 100)
+    skips RAP for the first iterations; `warm` carries n_rap over between outer iterations instead of
+    restarting from a random point (`warm_steps` inner steps then)."""
+
+    name = "rap"
+
+    def __init__(self, eps_n: float = 16 / 255, steps: int = 8, step_n: float | None = None, late_start: int = 0,
+                 warm: bool = False, warm_steps: int = 2) -> None:
+        if not 0 < eps_n <= 1 or steps < 1 or late_start < 0 or warm_steps < 1:
+            raise ConfigError(f"rap needs 0 < eps_n <= 1, steps >= 1, late_start >= 0; got {eps_n}, {steps}, "
+                              f"{late_start}")
+        self.eps_n, self.steps, self.late_start = eps_n, steps, late_start
+        self.step_n = step_n if step_n is not None else eps_n / steps
+        self.warm, self.warm_steps = warm, warm_steps
+        self._n: Tensor | None = None
+        self.inner_calls = 0  # forward-backward passes spent in the inner loop (for tests and benchmarks)
+
+    def outer_point(self, attack: IterativeAttack, x_adv: Tensor, goal: Tensor, it: int) -> Tensor:
+        if it < self.late_start:
+            return x_adv
+        if it == 0 or self._n is None or self._n.shape != x_adv.shape or not self.warm:
+            u = attack.rand(*x_adv.shape, device=x_adv.device).to(x_adv.dtype)
+            n = (2 * u - 1) * self.eps_n
+            steps = self.steps
+        else:
+            n, steps = self._n, self.warm_steps
+        for _ in range(steps):
+            # descend the attack objective (CE-based): the worst case for the attacker around x_adv
+            g = attack.loss_grad((x_adv + n).clamp(0, 1), goal, attack.targeted, plain=True, loss="ce")
+            self.inner_calls += 1
+            n = (n - self.step_n * g.sign()).clamp(-self.eps_n, self.eps_n)
+        self._n = n.detach()
+        return (x_adv + self._n).clamp(0, 1)
