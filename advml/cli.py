@@ -120,6 +120,64 @@ def backdoor(
     typer.echo(f"wrote {result.out / 'metrics.json'}")
 
 
+zoo_app = typer.Typer(no_args_is_help=True, help="The offline model zoo (cached surrogate and target models).")
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("train")
+@_errors
+def zoo_train(
+    dataset: Annotated[str, typer.Option(help="dataset name")] = "cifar10",
+    archs: Annotated[str, typer.Option(help="comma-separated model names")] = "resnet18_narrow,cnn_small,"
+                                                                           "vgg16_bn,mobilenet_v2",
+    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="zoo setting KEY=VALUE, e.g. epochs=30")] = None,
+) -> None:
+    """Train (or find) and cache zoo models; prints each one's clean accuracy."""
+    from advml.config import parse_assignments, validate
+    from advml.data import load_dataset
+    from advml.evasion.zoo import ZooSettings, entry, zoo_model
+
+    settings = validate(ZooSettings, parse_assignments(sets or []))
+    data = load_dataset(dataset, data_dir, seed=settings.seed)
+    for arch in archs.split(","):
+        _, info = zoo_model(data, arch, settings)
+        typer.echo(f"{arch:<18} clean_acc {info['clean_acc']:.4f}  {entry(data.name, arch, settings)}")
+
+
+@app.command()
+@_errors
+def transfer(
+    out: Annotated[Path, typer.Option(help="run folder: config.yaml, metrics.json, success.png")],
+    dataset: Annotated[Optional[str], typer.Option(help="dataset name")] = None,
+    surrogate: Annotated[Optional[str], typer.Option(help="surrogate model name (zoo)")] = None,
+    surrogate_weights: Annotated[Optional[str], typer.Option(help="your surrogate weights (safetensors)")] = None,
+    targets: Annotated[Optional[str], typer.Option(help="comma-separated target model names (zoo)")] = None,
+    method: Annotated[Optional[str], typer.Option(help="e.g. mi-ti-di, mi-ti-di-si+rap-ls")] = None,
+    targeted: Annotated[Optional[bool], typer.Option(help="targeted (random target classes) or not")] = None,
+    eps: Annotated[Optional[float], typer.Option(help="l-inf budget, 0-255 scale")] = None,
+    iters: Annotated[Optional[int], typer.Option(help="outer iterations")] = None,
+    n_images: Annotated[Optional[int], typer.Option(help="evaluation images")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML settings file; flags override it")] = None,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE, e.g. options.ti.kernel=15")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
+) -> None:
+    """Craft adversarial examples on a surrogate and report their success on target models."""
+    from advml.config import deep_merge, load_yaml, validate
+    from advml.evasion.run import TransferSettings, run_transfer
+
+    overrides = _overrides(**{
+        "dataset": dataset, "surrogate": surrogate, "surrogate_weights": surrogate_weights,
+        "targets": targets.split(",") if targets else None, "method": method, "targeted": targeted, "eps": eps,
+        "iters": iters, "n_images": n_images, "data_dir": data_dir, "seed": seed, "sets": sets})
+    settings = validate(TransferSettings, deep_merge(load_yaml(config) if config else {}, overrides))
+    m = run_transfer(settings, out, overwrite=overwrite)
+    typer.echo(f"white-box {m['white_box']:.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in m["success"].items()))
+    typer.echo(f"wrote {out / 'metrics.json'}")
+
+
 def _print_metrics(m: dict[str, Any]) -> None:
     fmt = {"clean_acc": "{:.3f}", "asr": "{:.3f}", "psnr": "{:.2f} dB", "linf": "{:.1f}", "ssim": "{:.4f}"}
     for key, f in fmt.items():

@@ -1,0 +1,168 @@
+"""`run_transfer(settings, out)`: craft adversarial examples on a surrogate and measure their success on
+target models (and white-box on the surrogate), at several iteration counts; metrics.json + a heat-map."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from advml.config import Settings, dump_yaml
+from advml.data import load_dataset
+from advml.data.base import ImageDataset
+from advml.errors import ConfigError
+from advml.evasion.methods import compose, parse
+from advml.evasion.zoo import ZooSettings, zoo_model
+from advml.metrics import predict
+from advml.models import build_model, load_weights
+from advml.run import prepare_out
+from advml.utils.io import atomic_path, write_json, write_text_atomic
+from advml.utils.runtime import resolve_device, seed_everything
+
+CHECKPOINTS = (10, 100, 200, 300, 400)
+
+
+class TransferSettings(Settings):
+    """Everything a transfer run uses; written back as config.yaml."""
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    surrogate: str = "resnet18_narrow"
+    surrogate_weights: str | None = Field(None, description="the user's weights for the surrogate (safetensors)")
+    targets: list[str] = Field(default_factory=lambda: ["cnn_small", "vgg16_bn", "mobilenet_v2"])
+    method: str = "mi-ti-di"
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method settings")
+    targeted: bool = True
+    loss: str | None = Field(None, description="ce or logit; default logit when targeted, else ce (the paper)")
+    eps: float = Field(16, gt=0, le=255, description="l-inf budget on the 0-255 scale")
+    step: float = Field(2, gt=0, le=255, description="step on the 0-255 scale")
+    iters: int = Field(400, ge=1)
+    n_images: int = Field(1000, ge=1)
+    batch_size: int = Field(50, ge=1)
+    zoo: ZooSettings = Field(default_factory=ZooSettings)
+    device: str = "auto"
+    progress: bool = True
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        parse(v)
+        return v
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_classes: int, seed: int,
+                      device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """`n` seeded test images that every model classifies correctly, with random target classes != truth."""
+    correct = torch.ones(len(test), dtype=torch.bool)
+    for m in models:
+        correct &= predict(m, test, device=device) == test.labels
+    pool = correct.nonzero().flatten()
+    if pool.numel() < n:
+        raise ConfigError(f"only {pool.numel()} test images are classified correctly by every model; "
+                          f"ask for n_images <= {pool.numel()}")
+    gen = torch.Generator().manual_seed(seed)
+    idx = pool[torch.randperm(pool.numel(), generator=gen)[:n]].sort().values
+    x, y = test.get_batch(idx)
+    targets = (y + torch.randint(1, num_classes, y.shape, generator=gen)) % num_classes
+    return x, y, targets
+
+
+def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Attack the surrogate with `settings.method`; success on every target and white-box."""
+    out = prepare_out(out, resume=False, overwrite=overwrite)
+    start = time.perf_counter()
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    data = load_dataset(settings.dataset, settings.data_dir, seed=settings.seed)
+    if settings.surrogate in settings.targets:
+        raise ConfigError(f"the surrogate {settings.surrogate!r} is also a target; white-box success is reported "
+                          "separately")
+    if settings.surrogate_weights:
+        c, h, _ = data.image_shape
+        surrogate = load_weights(build_model(settings.surrogate, data.num_classes, image_size=h, in_channels=c,
+                                             mean=data.mean, std=data.std), settings.surrogate_weights).eval()
+    else:
+        surrogate = zoo_model(data, settings.surrogate, settings.zoo, progress=settings.progress)[0]
+    targets = {name: zoo_model(data, name, settings.zoo, progress=settings.progress)[0].to(device)
+               for name in settings.targets}
+    surrogate = surrogate.to(device)
+    x, y, t = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images, data.num_classes,
+                                settings.seed, device)
+    loss = settings.loss or ("logit" if settings.targeted else "ce")
+    record = tuple(i for i in CHECKPOINTS if i < settings.iters) + (settings.iters,)
+    snaps: dict[int, list[Tensor]] = {i: [] for i in record}
+    attack = compose(settings.method, surrogate, options=settings.options, eps=settings.eps / 255,
+                     step=settings.step / 255, iters=settings.iters, loss=loss, record_at=record,
+                     generator=torch.Generator().manual_seed(settings.seed))
+    for xb, yb, tb in zip(x.split(settings.batch_size), y.split(settings.batch_size), t.split(settings.batch_size)):
+        attack(xb.to(device), yb.to(device), tb.to(device) if settings.targeted else None)
+        for i in record:
+            snaps[i].append(attack.snapshots[i])
+    goal = t if settings.targeted else y
+    success_at: dict[str, dict[str, float]] = {}
+    for i in record:
+        adv = torch.cat(snaps[i])
+        success_at[str(i)] = {}
+        for name, model in {"white_box": surrogate, **targets}.items():
+            with torch.no_grad():
+                pred = torch.cat([model(a.to(device)).argmax(1).cpu() for a in adv.split(500)])
+            hit = pred == goal if settings.targeted else pred != goal
+            success_at[str(i)][name] = float(hit.float().mean())
+    final = success_at[str(settings.iters)]
+    n = len(x)
+    metrics = {
+        "method": settings.method, "targeted": settings.targeted, "n_images": n,
+        "success": {k: v for k, v in final.items() if k != "white_box"},
+        "white_box": final["white_box"],
+        "success_ci95": {k: list(wilson(round(v * n), n)) for k, v in final.items()},
+        "success_at": success_at,
+        "denominator": "all n_images evaluation images (each classified correctly by every model before the "
+                       "attack); targeted success = predicted as the target class",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    heatmap(success_at, out / "success.png", f"{settings.method} from {settings.surrogate}")
+    return metrics
+
+
+def heatmap(success_at: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """Success per model (columns) and iteration count (rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(success_at)
+    cols = list(success_at[rows[0]])
+    values = [[success_at[r][c] for c in cols] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 1.5, 0.5 * len(rows) + 1.5))
+    im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{r} it" for r in rows], fontsize=8)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

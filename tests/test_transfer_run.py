@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from advml.cli import app
+from advml.config import validate
+from advml.errors import ConfigError
+from advml.evasion.run import TransferSettings, run_transfer, wilson
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _settings(**kw):
+    base = {"dataset": "sample", "surrogate": "cnn_small", "targets": ["resnet18_narrow"], "method": "mi-ti-di",
+            "iters": 12, "n_images": 12, "batch_size": 6, "progress": False,
+            "zoo": {"epochs": 3, "lr": 0.05, "augment": "none", "train_size": 1000}}
+    return validate(TransferSettings, {**base, **kw})
+
+
+def test_transfer_run_writes_success_per_target_and_caches_the_zoo(cache, tmp_path):
+    m = run_transfer(_settings(), tmp_path / "run")
+    assert set(m["success"]) == {"resnet18_narrow"} and 0 <= m["white_box"] <= 1
+    assert set(m["success_at"]) == {"10", "12"} and m["n_images"] == 12
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == m
+    assert (tmp_path / "run" / "success.png").is_file()
+    cached = sorted(p.parent.parent.name for p in cache.rglob("model.safetensors"))
+    assert cached == ["cnn_small", "resnet18_narrow"]
+    again = run_transfer(_settings(), tmp_path / "run2")  # same seed, cached models: the same numbers
+    assert again == m
+
+
+def test_transfer_settings_errors():
+    with pytest.raises(ConfigError, match="unknown transfer method"):
+        _settings(method="mi-xx")
+    with pytest.raises(ConfigError, match="eps"):
+        _settings(eps=0)
+
+
+def test_surrogate_cannot_be_a_target(cache, tmp_path):
+    with pytest.raises(ConfigError, match="also a target"):
+        run_transfer(_settings(targets=["cnn_small"]), tmp_path / "r")
+
+
+def test_wilson_interval_by_hand():
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson(0, 10)[0] == 0.0
+
+
+def test_cli_transfer_bad_method_exit_2(tmp_path):
+    r = CliRunner().invoke(app, ["transfer", "--method", "mi+rapp", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "did you mean 'rap'" in r.output
