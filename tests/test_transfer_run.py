@@ -56,3 +56,24 @@ def test_wilson_interval_by_hand():
 def test_cli_transfer_bad_method_exit_2(tmp_path):
     r = CliRunner().invoke(app, ["transfer", "--method", "mi+rapp", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "did you mean 'rap'" in r.output
+
+
+def test_nips17_layout(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from advml.data import load_dataset
+    from advml.errors import DataError
+
+    (tmp_path / "images").mkdir()
+    rows = ["ImageId,URL,x1,y1,x2,y2,TrueLabel,TargetClass,OriginalLandingURL,License,Author,AuthorProfileURL"]
+    for i, (true, target) in enumerate([(1, 5), (1000, 2)]):
+        Image.fromarray(np.full((299, 299, 3), 40 * i, dtype=np.uint8)).save(tmp_path / "images" / f"im{i}.png")
+        rows.append(f"im{i},u,0,0,1,1,{true},{target},u,l,a,p")
+    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
+    d = load_dataset(f"nips17:{tmp_path}", image_size=64)
+    x, y = d.test.get_batch(torch.arange(2))
+    assert x.shape == (2, 3, 64, 64) and y.tolist() == [0, 999] and d.test.targets.tolist() == [4, 1]
+    (tmp_path / "images" / "im1.png").unlink()
+    with pytest.raises(DataError, match="im1.png"):
+        load_dataset(f"nips17:{tmp_path}")

@@ -79,7 +79,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, t
     """Load a registered dataset and take seeded, class-balanced subsets of the requested sizes."""
     name, arg = parse_spec(spec)
     loader = DATASETS.get(name)
-    needs_arg = name in {"imagefolder", "npz"}
+    needs_arg = name in {"imagefolder", "npz", "nips17"}
     if needs_arg and not arg:
         raise ConfigError(f"dataset {name!r} needs a path: use '{name}:<path>'")
     if not needs_arg and arg:

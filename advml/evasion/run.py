@@ -45,6 +45,8 @@ class TransferSettings(Settings):
     n_images: int = Field(1000, ge=1)
     batch_size: int = Field(50, ge=1)
     zoo: ZooSettings = Field(default_factory=ZooSettings)
+    pretrained: bool = Field(False, description="torchvision ImageNet weights instead of the zoo (ImageNet data)")
+    only_correct: bool = Field(True, description="evaluate on images every model classifies correctly")
     device: str = "auto"
     progress: bool = True
     seed: int = 0
@@ -67,10 +69,11 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_classes: int, seed: int,
-                      device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """`n` seeded test images that every model classifies correctly, with random target classes != truth."""
+                      device: torch.device, only_correct: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """`n` seeded test images (that every model classifies correctly, with `only_correct`) and their target
+    classes: the dataset's own (NIPS'17's TargetClass) or seeded random classes different from the truth."""
     correct = torch.ones(len(test), dtype=torch.bool)
-    for m in models:
+    for m in models if only_correct else []:
         correct &= predict(m, test, device=device) == test.labels
     pool = correct.nonzero().flatten()
     if pool.numel() < n:
@@ -79,7 +82,9 @@ def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_c
     gen = torch.Generator().manual_seed(seed)
     idx = pool[torch.randperm(pool.numel(), generator=gen)[:n]].sort().values
     x, y = test.get_batch(idx)
-    targets = (y + torch.randint(1, num_classes, y.shape, generator=gen)) % num_classes
+    given = getattr(test, "targets", None)
+    targets = given[idx] if given is not None else (y + torch.randint(1, num_classes, y.shape, generator=gen)) \
+        % num_classes
     return x, y, targets
 
 
@@ -93,17 +98,22 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
     if settings.surrogate in settings.targets:
         raise ConfigError(f"the surrogate {settings.surrogate!r} is also a target; white-box success is reported "
                           "separately")
+    c, h, _ = data.image_shape
+
+    def model(name: str) -> nn.Module:
+        if settings.pretrained:
+            return build_model(name, data.num_classes, image_size=h, in_channels=c, pretrained=True).eval()
+        return zoo_model(data, name, settings.zoo, progress=settings.progress)[0]
+
     if settings.surrogate_weights:
-        c, h, _ = data.image_shape
         surrogate = load_weights(build_model(settings.surrogate, data.num_classes, image_size=h, in_channels=c,
                                              mean=data.mean, std=data.std), settings.surrogate_weights).eval()
     else:
-        surrogate = zoo_model(data, settings.surrogate, settings.zoo, progress=settings.progress)[0]
-    targets = {name: zoo_model(data, name, settings.zoo, progress=settings.progress)[0].to(device)
-               for name in settings.targets}
+        surrogate = model(settings.surrogate)
+    targets = {name: model(name).to(device) for name in settings.targets}
     surrogate = surrogate.to(device)
     x, y, t = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images, data.num_classes,
-                                settings.seed, device)
+                                settings.seed, device, settings.only_correct)
     loss = settings.loss or ("logit" if settings.targeted else "ce")
     record = tuple(i for i in CHECKPOINTS if i < settings.iters) + (settings.iters,)
     snaps: dict[int, list[Tensor]] = {i: [] for i in record}
