@@ -100,6 +100,7 @@ def backdoor(
     seed: Annotated[Optional[int], typer.Option(help="seed of data order, poisoned indices and init")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
+    init_weights: Annotated[Optional[str], typer.Option(help="start from these weights (.safetensors)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML settings file; flags override it")] = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, e.g. attack.size=4")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
@@ -113,7 +114,8 @@ def backdoor(
         "dataset": dataset, "model": model, "attack.name": attack, "attack.target": target, "attack.rate": rate,
         "attack.mode": mode, "defense": defense, "train.epochs": epochs, "train.batch_size": batch_size,
         "train.lr": lr, "train_size": train_size, "test_size": test_size, "seed": seed, "data_dir": data_dir,
-        "train.device": device, "train.progress": None if progress else False, "sets": sets})
+        "train.device": device, "train.progress": None if progress else False, "init_weights": init_weights,
+        "sets": sets})
     settings = load_settings(config, overrides)
     result = run_backdoor(settings, out, resume=resume, overwrite=overwrite)
     _print_metrics(result.metrics)

@@ -35,6 +35,8 @@ class BackdoorRunSettings(Settings):
     download: bool = Field(True, description="allow torchvision downloads when files are missing")
     model: str = "cnn_small"
     model_options: dict[str, Any] = Field(default_factory=dict)
+    init_weights: str | None = Field(None, description="start training from these weights (safetensors, or a "
+                                                       "torch file read with weights_only=True)")
     attack: dict[str, Any] = Field(default_factory=lambda: {"name": "badnets"})
     defense: str = "none"
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -101,7 +103,7 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
     torch.manual_seed(settings.seed)
     c, h, w = data.image_shape
     model = build_model(settings.model, data.num_classes, image_size=h, in_channels=c, mean=data.mean,
-                        std=data.std, **settings.model_options)
+                        std=data.std, weights=settings.init_weights, **settings.model_options)
     trainer = Trainer(model, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
     evals = {"clean_acc": data.test} if backdoor_test is None else {"clean_acc": data.test, "asr": backdoor_test}
     history = trainer.fit(poisoned, evals, resume=resume)

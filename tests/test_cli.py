@@ -96,3 +96,35 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
                        env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cut" / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
+
+
+def test_init_weights_refuses_a_planted_pickle(tmp_path):
+    import torch
+
+    planted = tmp_path / "pwned"
+
+    class Plant:
+        def __reduce__(self):
+            return (open, (str(planted), "w"))
+
+    torch.save({"w": Plant()}, tmp_path / "evil.pt")
+    r = runner.invoke(app, ["backdoor", "--out", str(tmp_path / "run"), "--init-weights", str(tmp_path / "evil.pt"),
+                            "--epochs", "1", "--no-progress"])
+    assert r.exit_code == 2 and "evil.pt" in r.output and "refused" in r.output
+    assert not planted.exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_init_weights_starts_from_given_weights(tmp_path):
+    from advml.models import build_model
+    from advml.utils.io import load_tensors, save_tensors
+
+    model = build_model("cnn_small", 10)
+    save_tensors(tmp_path / "w.safetensors", model.state_dict())
+    r = runner.invoke(app, ["backdoor", "--out", str(tmp_path / "run"), "--init-weights",
+                            str(tmp_path / "w.safetensors"), "--train-size", "100", "--test-size", "50",
+                            "--epochs", "1", "--no-progress", "--set", "train.lr=1e-12", "--set", "train.momentum=0",
+                            "--set", "train.weight_decay=0"])
+    assert r.exit_code == 0, r.output
+    trained = load_tensors(tmp_path / "run" / "model.safetensors")[0]
+    conv = "backbone.0.weight"  # lr ~0: the run ends where the given weights started
+    assert (trained[conv] - model.state_dict()[conv]).abs().max() < 1e-6
