@@ -39,7 +39,7 @@ def main() -> None:
     n = len(train)
     print(f"{n} CIFAR-10 train images, {torch.get_num_threads()} threads; uint8 in, float trigger, timing the "
           f"trigger on float chunks of {args.chunk}")
-    print(f"| attack | batched images/s | per-image loop images/s | ratio |\n| --- | ---: | ---: | ---: |")
+    print("| attack | batched images/s | per-image loop images/s | ratio |\n| --- | ---: | ---: | ---: |")
     for name in ATTACKS.names():
         if name == "none":
             continue
@@ -54,8 +54,8 @@ def main() -> None:
         chunks = [c.float().div_(255) for c in images.split(args.chunk)]
         singles = [img[None] for img in torch.cat(chunks[:args.loop_images // args.chunk + 1])[:args.loop_images]]
         trig.apply(chunks[0]), trig.apply(singles[0])  # warm-up: per-device constants are built on first use
-        t_batched = best_of(lambda: [trig.apply(c) for c in chunks], args.repeats)
-        t_loop = best_of(lambda: [trig.apply(img) for img in singles], args.repeats)
+        t_batched = best_of(lambda trig=trig, chunks=chunks: [trig.apply(c) for c in chunks], args.repeats)
+        t_loop = best_of(lambda trig=trig, singles=singles: [trig.apply(i) for i in singles], args.repeats)
         batched, loop = n / t_batched, len(singles) / t_loop
         print(f"| {name} | {batched:,.0f} | {loop:,.0f} | {batched / loop:.0f}x |")
 

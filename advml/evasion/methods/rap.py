@@ -3,7 +3,6 @@ perturbation (l-inf eps_n) around x_adv found by a K-step inner PGD; RAP-LS star
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from advml.errors import ConfigError
