@@ -128,3 +128,15 @@ def test_init_weights_starts_from_given_weights(tmp_path):
     trained = load_tensors(tmp_path / "run" / "model.safetensors")[0]
     conv = "backbone.0.weight"  # lr ~0: the run ends where the given weights started
     assert (trained[conv] - model.state_dict()[conv]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("attack", ["badnets", "wanet"])
+def test_same_seed_gives_an_identical_metrics_file(tmp_path, attack):
+    args = ["backdoor", "--attack", attack, "--train-size", "200", "--test-size", "100", "--epochs", "2",
+            "--seed", "7", "--no-progress", "--set", "train.augment=standard"]
+    for name in ("a", "b"):
+        assert runner.invoke(app, [*args, "--out", str(tmp_path / name)]).exit_code == 0
+    assert (tmp_path / "a" / "metrics.json").read_bytes() == (tmp_path / "b" / "metrics.json").read_bytes()
+    other = runner.invoke(app, [*args[:-5], "--seed", "8", "--no-progress", "--out", str(tmp_path / "c")])
+    assert other.exit_code == 0
+    assert (tmp_path / "c" / "metrics.json").read_bytes() != (tmp_path / "a" / "metrics.json").read_bytes()

@@ -42,6 +42,8 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, split: str) -> None:
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise DataError(f"{path}: x_{split} must be uint8 (N,H,W,C) with C in (1,3), "
                         f"got {x.dtype} {tuple(x.shape)}")
+    if len(x) == 0:
+        raise DataError(f"{path}: x_{split} holds no images")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: y_{split} must be an integer vector of length {len(x)}, "
                         f"got {y.dtype} {tuple(y.shape)}")
@@ -55,6 +57,8 @@ def read_xy_npz(path: Path) -> tuple[TensorImageDataset, TensorImageDataset]:
         raise DataError(f"{path}: missing arrays {sorted(missing)} (has {sorted(arrays)})")
     for split in ("train", "test"):
         _check_xy(path, arrays[f"x_{split}"], arrays[f"y_{split}"], split)
+        if arrays[f"y_{split}"].min() < 0:
+            raise DataError(f"{path}: y_{split} holds negative labels")
     classes = _classes(arrays, [arrays["y_train"], arrays["y_test"]])
     return tuple(  # type: ignore[return-value]
         TensorImageDataset(arrays[f"x_{s}"], arrays[f"y_{s}"].astype(np.int64), classes, channels_last=True)
@@ -71,6 +75,8 @@ def read_jpeg_npz(path: Path) -> tuple[TensorImageDataset, TensorImageDataset]:
             raise DataError(f"{path}: missing arrays {sorted(keys - set(arrays))}")
         x = decode_jpeg_blob(arrays[f"jpeg_{split}"], arrays[f"offsets_{split}"], str(path))
         _check_xy(path, x, arrays[f"y_{split}"], split)
+        if arrays[f"y_{split}"].min() < 0:
+            raise DataError(f"{path}: y_{split} holds negative labels")
         out.append((x, arrays[f"y_{split}"].astype(np.int64)))
     classes = _classes(arrays, [y for _, y in out])
     return tuple(TensorImageDataset(x, y, classes, channels_last=True) for x, y in out)  # type: ignore[return-value]
