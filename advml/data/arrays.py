@@ -13,7 +13,7 @@ SAMPLE_FILE = "cifar10_sample.npz"
 
 def _stats(ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = ds.images.float().div_(255)
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3), correction=0).clamp_min(1e-3).tolist())
 
 
 @DATASETS.register("npz", "npz:<path> holding x_train (N,H,W,C uint8), y_train, x_test, y_test, optional classes")
