@@ -1,4 +1,7 @@
-"""Property-based tests: random shapes, dtypes and values give a correct result or a clean advml error."""
+"""Property-based tests: random shapes, dtypes and values give a correct result or a clean advml error.
+
+Derandomised so that CI is reproducible. For a wider hunt, set derandomize=False and raise max_examples
+(randomised runs found the empty-npz crash fixed in formats.py and two faults in this test itself)."""
 
 import numpy as np
 import pytest
@@ -20,7 +23,7 @@ images = st.builds(
     scale=st.sampled_from([1.0, 2.0, float("nan"), float("inf")]), seed=st.integers(0, 1000))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(x=images, name=st.sampled_from(TRIGGER_ATTACKS))
 def test_triggers_give_a_result_in_range_or_a_clean_error(x, name):
     trig = build_attack(name).trigger_for((3, 32, 32))
@@ -29,11 +32,12 @@ def test_triggers_give_a_result_in_range_or_a_clean_error(x, name):
     except AdvmlError:
         return
     assert out.shape == x.shape and out.dtype == x.dtype
-    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
-    assert x.shape[1:] == (3, 32, 32)  # any other shape must have been refused
+    assert x.shape[2:] == (32, 32)  # any other image size must have been refused
+    if out.numel():
+        assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(size=st.integers(1, 6), corner=st.sampled_from(["bottom_right", "top_left", "top_right", "bottom_left"]),
        margin=st.integers(0, 5), h=st.integers(4, 12))
 def test_square_patch_changes_exactly_size_squared_pixels(size, corner, margin, h):
@@ -52,7 +56,8 @@ arrays = st.builds(
     dtype=st.sampled_from([np.uint8, np.float32, np.int16]), k=st.integers(0, 3))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(train=arrays, test=arrays, drop=st.sampled_from([None, "x_test", "y_train"]))
 def test_npz_loader_gives_a_dataset_or_a_clean_error(tmp_path_factory, train, test, drop):
     path = tmp_path_factory.mktemp("npz") / "d.npz"
