@@ -7,7 +7,6 @@ Usage: ADVML_DATA_DIR=../shared/data python benchmarks/poison_speed.py [--repeat
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -15,16 +14,7 @@ from PIL import Image
 
 from advml.backdoor import BadNets, MaskTrigger
 from advml.data import load_dataset
-
-
-def best_of(fn, repeats: int) -> float:
-    """Fastest wall time of `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_of
 
 
 def main() -> None:

@@ -9,23 +9,13 @@ on the pattern's values. Clean-label is timed for its trigger only (its PGD step
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from advml.backdoor import ATTACKS, build_attack
 from advml.data import load_dataset
+from timing import best_of
 from advml.models import build_model
-
-
-def best_of(fn, repeats: int) -> float:
-    """Fastest wall time of `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
