@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Annotated, Any, Optional
-
 import functools
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -84,24 +83,26 @@ def _overrides(**flags: Any) -> dict[str, Any]:
 @_errors
 def backdoor(
     out: Annotated[Path, typer.Option(help="run folder: config.yaml, metrics.json, model.safetensors")],
-    dataset: Annotated[Optional[str], typer.Option(help="dataset name (advml datasets)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model name (advml models)")] = None,
-    attack: Annotated[Optional[str], typer.Option(help="attack name (advml attacks)")] = None,
-    target: Annotated[Optional[int], typer.Option(help="target label")] = None,
-    rate: Annotated[Optional[float], typer.Option(help="poisoning rate in (0, 1]")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="all2one or all2all")] = None,
-    defense: Annotated[Optional[str], typer.Option(help="defense name, or none")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="training epochs")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="training batch size")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
-    train_size: Annotated[Optional[int], typer.Option(help="class-balanced train subset size")] = None,
-    test_size: Annotated[Optional[int], typer.Option(help="class-balanced test subset size")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed of data order, poisoned indices and init")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
-    init_weights: Annotated[Optional[str], typer.Option(help="start from these weights (.safetensors)")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML settings file; flags override it")] = None,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, e.g. attack.size=4")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset name (advml datasets)")] = None,
+    model: Annotated[str | None, typer.Option(help="model name (advml models)")] = None,
+    attack: Annotated[str | None, typer.Option(help="attack name (advml attacks)")] = None,
+    target: Annotated[int | None, typer.Option(help="target label")] = None,
+    rate: Annotated[float | None, typer.Option(help="poisoning rate in (0, 1]")] = None,
+    mode: Annotated[str | None, typer.Option(help="all2one or all2all")] = None,
+    defense: Annotated[str | None, typer.Option(help="defense name (advml defenses), or none")] = None,
+    preset: Annotated[str | None, typer.Option(help="a packaged settings preset (advml presets), e.g. "
+                                                       "defense_cpu; --config and flags override it")] = None,
+    epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="training batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    train_size: Annotated[int | None, typer.Option(help="class-balanced train subset size")] = None,
+    test_size: Annotated[int | None, typer.Option(help="class-balanced test subset size")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of data order, poisoned indices and init")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
+    init_weights: Annotated[str | None, typer.Option(help="start from these weights (.safetensors)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file; flags override it")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE override, e.g. attack.size=4")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -111,11 +112,11 @@ def backdoor(
 
     overrides = _overrides(**{
         "dataset": dataset, "model": model, "attack.name": attack, "attack.target": target, "attack.rate": rate,
-        "attack.mode": mode, "defense": defense, "train.epochs": epochs, "train.batch_size": batch_size,
+        "attack.mode": mode, "defense.name": defense, "train.epochs": epochs, "train.batch_size": batch_size,
         "train.lr": lr, "train_size": train_size, "test_size": test_size, "seed": seed, "data_dir": data_dir,
         "train.device": device, "train.progress": None if progress else False, "init_weights": init_weights,
         "sets": sets})
-    settings = load_settings(config, overrides)
+    settings = load_settings(config, overrides, preset=preset)
     result = run_backdoor(settings, out, resume=resume, overwrite=overwrite)
     _print_metrics(result.metrics)
     typer.echo(f"wrote {result.out / 'metrics.json'}")
@@ -131,8 +132,8 @@ def zoo_train(
     dataset: Annotated[str, typer.Option(help="dataset name")] = "cifar10",
     archs: Annotated[str, typer.Option(help="comma-separated model names")] = "resnet18_narrow,cnn_small,"
                                                                            "vgg16_bn,mobilenet_v2",
-    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="zoo setting KEY=VALUE, e.g. epochs=30")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="zoo setting KEY=VALUE, e.g. epochs=30")] = None,
 ) -> None:
     """Train (or find) and cache zoo models; prints each one's clean accuracy."""
     from advml.config import parse_assignments, validate
@@ -150,29 +151,26 @@ def zoo_train(
 @_errors
 def transfer(
     out: Annotated[Path, typer.Option(help="run folder: config.yaml, metrics.json, success.png")],
-    dataset: Annotated[Optional[str], typer.Option(help="dataset name")] = None,
-    surrogate: Annotated[Optional[str], typer.Option(help="surrogate model name (zoo)")] = None,
-    surrogate_weights: Annotated[Optional[str], typer.Option(help="your surrogate weights (safetensors)")] = None,
-    targets: Annotated[Optional[str], typer.Option(help="comma-separated target model names (zoo)")] = None,
-    method: Annotated[Optional[str], typer.Option(help="e.g. mi-ti-di, mi-ti-di-si+rap-ls")] = None,
-    targeted: Annotated[Optional[bool], typer.Option(help="targeted (random target classes) or not")] = None,
-    eps: Annotated[Optional[float], typer.Option(help="l-inf budget, 0-255 scale")] = None,
-    iters: Annotated[Optional[int], typer.Option(help="outer iterations")] = None,
-    n_images: Annotated[Optional[int], typer.Option(help="evaluation images")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML settings file; flags override it")] = None,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE, e.g. options.ti.kernel=15")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
+    surrogate: Annotated[str | None, typer.Option(help="surrogate model name (zoo)")] = None,
+    surrogate_weights: Annotated[str | None, typer.Option(help="your surrogate weights (safetensors)")] = None,
+    targets: Annotated[str | None, typer.Option(help="comma-separated target model names (zoo)")] = None,
+    method: Annotated[str | None, typer.Option(help="e.g. mi-ti-di, mi-ti-di-si+rap-ls")] = None,
+    targeted: Annotated[bool | None, typer.Option(help="targeted (random target classes) or not")] = None,
+    eps: Annotated[float | None, typer.Option(help="l-inf budget, 0-255 scale")] = None,
+    iters: Annotated[int | None, typer.Option(help="outer iterations")] = None,
+    n_images: Annotated[int | None, typer.Option(help="evaluation images")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file; flags override it")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE, e.g. options.ti.kernel=15")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
 ) -> None:
     """Craft adversarial examples on a surrogate and report their success on target models."""
     from advml.config import deep_merge, load_yaml, validate
     from advml.evasion.run import TransferSettings, run_transfer
 
-    overrides = _overrides(**{
-        "dataset": dataset, "surrogate": surrogate, "surrogate_weights": surrogate_weights,
-        "targets": targets.split(",") if targets else None, "method": method, "targeted": targeted, "eps": eps,
-        "iters": iters, "n_images": n_images, "data_dir": data_dir, "seed": seed, "sets": sets})
+    overrides = _overrides(dataset=dataset, surrogate=surrogate, surrogate_weights=surrogate_weights, targets=targets.split(",") if targets else None, method=method, targeted=targeted, eps=eps, iters=iters, n_images=n_images, data_dir=data_dir, seed=seed, sets=sets)
     settings = validate(TransferSettings, deep_merge(load_yaml(config) if config else {}, overrides))
     m = run_transfer(settings, out, overwrite=overwrite)
     typer.echo(f"white-box {m['white_box']:.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in m["success"].items()))
@@ -180,13 +178,66 @@ def transfer(
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
-    fmt = {"clean_acc": "{:.3f}", "asr": "{:.3f}", "psnr": "{:.2f} dB", "linf": "{:.1f}", "ssim": "{:.4f}"}
+    fmt = {"clean_acc_before": "{:.3f}", "asr_before": "{:.3f}", "clean_acc": "{:.3f}", "asr": "{:.3f}",
+           "psnr": "{:.2f} dB", "linf": "{:.1f}", "ssim": "{:.4f}", "detect_precision": "{:.3f}",
+           "detect_recall": "{:.3f}", "clean_split_poison_rate": "{:.4f}"}
     for key, f in fmt.items():
-        value = m.get(key)
-        typer.echo(f"{key:<10} {f.format(value) if value is not None else 'n/a'}")
+        if key in m:
+            value = m[key]
+            typer.echo(f"{key:<24} {f.format(value) if value is not None else 'n/a'}")
 
 
-def _data(dataset: str, data_dir: Optional[str], train_size: Optional[int], seed: int):
+@app.command()
+@_errors
+def defenses() -> None:
+    """List the backdoor defenses."""
+    from advml.backdoor.defenses import DEFENSES
+
+    _print_registry(DEFENSES.describe())
+
+
+@app.command()
+@_errors
+def presets() -> None:
+    """List the packaged settings presets (use with --preset)."""
+    from advml.run import PRESETS
+
+    _print_registry(PRESETS.describe())
+
+
+@app.command()
+@_errors
+def detect(
+    out: Annotated[Path, typer.Option(help="run folder: split.safetensors, metrics.json, fct_hist.png")],
+    dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
+    model: Annotated[str | None, typer.Option(help="model name")] = None,
+    attack: Annotated[str | None, typer.Option(help="attack name")] = None,
+    rate: Annotated[float | None, typer.Option(help="poisoning rate in (0, 1]")] = None,
+    train_size: Annotated[int | None, typer.Option(help="class-balanced train subset size")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
+    preset: Annotated[str | None, typer.Option(help="a packaged preset; its defense.sd settings are used")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file; flags override it")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE, e.g. sd.draws=4")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """The SD module alone: poison, train, FCT-score every sample, split into D_c / D_u / D_p."""
+    from advml.run import load_detect_settings, run_detect
+
+    overrides = _overrides(**{
+        "dataset": dataset, "model": model, "attack.name": attack, "attack.rate": rate, "train_size": train_size,
+        "seed": seed, "data_dir": data_dir, "train.device": device, "train.progress": None if progress else False,
+        "sets": sets})
+    settings, sd = load_detect_settings(config, overrides, preset=preset)
+    result = run_detect(settings, sd, out, resume=resume, overwrite=overwrite)
+    _print_metrics(result.metrics)
+    typer.echo(f"wrote {result.out / 'metrics.json'} and {result.out / 'fct_hist.png'}")
+
+
+def _data(dataset: str, data_dir: str | None, train_size: int | None, seed: int):
     from advml.data import load_dataset
 
     return load_dataset(dataset, data_dir, train_size=train_size, seed=seed)
@@ -198,11 +249,11 @@ def triggers(
     attack: Annotated[str, typer.Option(help="attack name (advml attacks)")],
     out: Annotated[Path, typer.Option(help="figure file (.png, .pdf, .svg)")],
     dataset: Annotated[str, typer.Option(help="dataset name")] = "sample",
-    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     n: Annotated[int, typer.Option(help="images shown")] = 8,
-    train_size: Annotated[Optional[int], typer.Option(help="train images for attacks that train a clean model")] = None,
+    train_size: Annotated[int | None, typer.Option(help="train images for attacks that train a clean model")] = None,
     seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="attack setting KEY=VALUE")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="attack setting KEY=VALUE")] = None,
 ) -> None:
     """Draw clean, poisoned and amplified-residual images for one attack."""
     from advml.backdoor import build_attack
@@ -219,12 +270,12 @@ def triggers(
 def stealth(
     out: Annotated[Path, typer.Option(help="folder for stealth.json and stealth.md")],
     dataset: Annotated[str, typer.Option(help="dataset name")] = "sample",
-    data_dir: Annotated[Optional[str], typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     n: Annotated[int, typer.Option(help="test images measured")] = 1000,
-    train_size: Annotated[Optional[int], typer.Option(help="train images for attacks that train a clean model")] = None,
-    attacks: Annotated[Optional[str], typer.Option(help="comma-separated attacks (default: all)")] = None,
+    train_size: Annotated[int | None, typer.Option(help="train images for attacks that train a clean model")] = None,
+    attacks: Annotated[str | None, typer.Option(help="comma-separated attacks (default: all)")] = None,
     seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="ATTACK.KEY=VALUE, e.g. trojannn.iters=200")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="ATTACK.KEY=VALUE, e.g. trojannn.iters=200")] = None,
 ) -> None:
     """PSNR, l-inf and SSIM of every registered attack over the same test images, as one table."""
     from advml.backdoor.inspect import stealth_table

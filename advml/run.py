@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ import torch
 from pydantic import Field, field_validator
 
 from advml.backdoor.attacks import build_attack
-from advml.config import Settings, dump_yaml, load_yaml, validate
+from advml.backdoor.defenses.sd import SDSettings, Split, fct_histogram
+from advml.config import Settings, deep_merge, dump_yaml, load_yaml, validate
 from advml.data import load_dataset
 from advml.errors import ConfigError
-from advml.metrics import stealth
+from advml.metrics import accuracy, attack_success_rate, stealth
 from advml.models import build_model
-from advml.train import Trainer, TrainConfig
+from advml.registry import Registry
+from advml.train import TrainConfig, Trainer
 from advml.utils.io import save_tensors, write_json, write_text_atomic
 from advml.utils.runtime import seed_everything
 
@@ -38,7 +41,8 @@ class BackdoorRunSettings(Settings):
     init_weights: str | None = Field(None, description="start training from these weights (safetensors, or a "
                                                        "torch file read with weights_only=True)")
     attack: dict[str, Any] = Field(default_factory=lambda: {"name": "badnets"})
-    defense: str = "none"
+    defense: dict[str, Any] = Field(default_factory=lambda: {"name": "none"},
+                                    description="a defense name, or {name: ..., settings}")
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = 0
 
@@ -47,12 +51,12 @@ class BackdoorRunSettings(Settings):
     def _attack_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
         return build_attack(v if "name" in v else {"name": "badnets", **v}).describe()
 
-    @field_validator("defense")
+    @field_validator("defense", mode="before")
     @classmethod
-    def _defense(cls, v: str) -> str:
-        if v != "none":
-            raise ConfigError(f"unknown defense {v!r}; valid: none")
-        return v
+    def _defense(cls, v: Any) -> dict[str, Any]:
+        from advml.backdoor.defenses import build_defense
+
+        return build_defense(v if isinstance(v, (str, dict)) else str(v)).describe()
 
 
 @dataclass
@@ -63,12 +67,46 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-def load_settings(config: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BackdoorRunSettings:
-    """Defaults < YAML file < overrides, validated."""
-    from advml.config import deep_merge
+PRESET_DIR = Path(__file__).parent / "presets"
+PRESETS: Registry[Path] = Registry("preset")
+for _file in sorted(PRESET_DIR.glob("*.yaml")):
+    PRESETS.add(_file.stem, _file, _file.read_text().splitlines()[0].lstrip("# "))
 
-    data = load_yaml(config) if config else {}
-    return validate(BackdoorRunSettings, deep_merge(data, overrides or {}))
+
+def _layers(config: str | Path | None, overrides: dict[str, Any] | None, preset: str | None) -> dict[str, Any]:
+    """Merge the layers, then resolve a preset's per-defense settings: `sd` (the SD module, shared by D-BR, D-ST
+    and `advml detect`) and `defense_presets[<name>]`, under whatever the layers set explicitly."""
+    data = load_yaml(PRESETS.get(preset)) if preset else {}
+    data = deep_merge(data, load_yaml(config)) if config else data
+    data = deep_merge(data, overrides or {})
+    per_defense = data.pop("defense_presets", None) or {}
+    defense = data.get("defense", {"name": "none"})
+    if isinstance(defense, str):
+        defense = {"name": defense}
+    name = defense.get("name", "none")
+    base = dict(per_defense.get(name) or {})
+    if "sd" in data and name in ("d-br", "d-st"):
+        base["sd"] = deep_merge(data["sd"], base.get("sd", {}))
+    if base:
+        data["defense"] = deep_merge(base, defense)
+    return data
+
+
+def load_settings(config: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
+                  preset: str | None = None) -> BackdoorRunSettings:
+    """Defaults < packaged preset < YAML file < overrides, validated."""
+    data = _layers(config, overrides, preset)
+    data.pop("sd", None)
+    return validate(BackdoorRunSettings, data)
+
+
+def load_detect_settings(config: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
+                         preset: str | None = None) -> tuple[BackdoorRunSettings, SDSettings]:
+    """Run settings plus the SD module's (`sd:` at the top level, else the preset's `defense.sd`)."""
+    data = _layers(config, overrides, preset)
+    sd = data.pop("sd", None) or {}
+    data.pop("defense", None)
+    return validate(BackdoorRunSettings, data), validate(SDSettings, sd, "sd")
 
 
 def prepare_out(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
@@ -82,37 +120,81 @@ def prepare_out(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool = False,
-                 overwrite: bool = False) -> RunResult:
-    """Poison the training set, train on it, and measure clean accuracy, ASR and trigger stealth."""
-    out = prepare_out(out, resume=resume, overwrite=overwrite)
+def _setup(settings: BackdoorRunSettings, out: Path, resume: bool) -> tuple[Any, Any, Any, Any]:
+    """Check a resumed run's settings, load the data, poison it, write config.yaml."""
     if resume and (out / "config.yaml").is_file():
         previous = validate(BackdoorRunSettings, load_yaml(out / "config.yaml"))
         if previous != settings:
             raise ConfigError(f"{out}/config.yaml differs from the settings given; resume with the same ones")
-    start = time.perf_counter()
     seed_everything(settings.seed)
     data = load_dataset(settings.dataset, settings.data_dir, train_size=settings.train_size,
                         test_size=settings.test_size, seed=settings.seed, download=settings.download)
     attack = build_attack(settings.attack)
     poisoned = attack.poison(data.train, seed=settings.seed)
-    backdoor_test = attack.backdoor_test_set(data.test)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
+    return data, attack, poisoned, attack.backdoor_test_set(data.test)
 
-    torch.manual_seed(settings.seed)
-    c, h, w = data.image_shape
-    model = build_model(settings.model, data.num_classes, image_size=h, in_channels=c, mean=data.mean,
-                        std=data.std, weights=settings.init_weights, **settings.model_options)
-    trainer = Trainer(model, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
+
+def _model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = True) -> Callable[[], torch.nn.Module]:
+    c, h, _ = data.image_shape
+
+    def new() -> torch.nn.Module:
+        return build_model(settings.model, data.num_classes, image_size=h, in_channels=c, mean=data.mean,
+                           std=data.std, weights=settings.init_weights if init else None, **settings.model_options)
+
+    return new
+
+
+def _split_outputs(out: Path, split: Split, poisoned: Any, name: str) -> dict[str, Any]:
+    """Save the SD split and the FCT histogram; the detection metrics against the true poison flags."""
+    save_tensors(out / "split.safetensors", split.tensors(), {"attack": name})
+    fct_histogram(split.scores, poisoned.poison_flags, out / "fct_hist.png", title=f"FCT scores, {name}",
+                  split=split)
+    return {**split.metrics(poisoned.poison_flags), "split_sizes": {"clean": split.clean.numel(),
+            "poisoned": split.poisoned.numel(), "uncertain": split.uncertain.numel()}}
+
+
+def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool = False,
+                 overwrite: bool = False) -> RunResult:
+    """Poison the training set, train on it (and defend), measure clean accuracy, ASR and trigger stealth."""
+    from advml.backdoor.defenses import DefenseContext, build_defense, untrusted_view
+
+    out = prepare_out(out, resume=resume, overwrite=overwrite)
+    start = time.perf_counter()
+    data, attack, poisoned, backdoor_test = _setup(settings, out, resume)
+    defense = build_defense(settings.defense)
+    new_model = _model_factory(settings, data)
     evals = {"clean_acc": data.test} if backdoor_test is None else {"clean_acc": data.test, "asr": backdoor_test}
-    history = trainer.fit(poisoned, evals, resume=resume)
+    metrics: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    backdoored = None
+    if defense.needs_backdoored_model:
+        torch.manual_seed(settings.seed)
+        backdoored = new_model()
+        trainer = Trainer(backdoored, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
+        history = trainer.fit(poisoned, evals, resume=resume)
+    model = backdoored
+    if defense.name != "none":
+        if backdoored is not None:
+            metrics["clean_acc_before"], metrics["asr_before"] = history[-1]["clean_acc"], history[-1].get("asr")
+        torch.manual_seed(settings.seed + 1)
+        ctx = DefenseContext(new_model=_model_factory(settings, data, init=False), backdoored=backdoored,
+                             seed=settings.seed, device=settings.train.device, progress=settings.train.progress,
+                             checkpoint_dir=out / "checkpoints" / "defense", resume=resume)
+        result = defense.run(untrusted_view(poisoned), ctx)  # no test data, no poison flags
+        model = result.model
+        if result.split is not None:
+            metrics.update(_split_outputs(out, result.split, poisoned, attack.name))
+        metrics["defense_history"] = result.report.get("history")
+        metrics["clean_acc"] = accuracy(model, data.test)
+        metrics["asr"] = attack_success_rate(model, backdoor_test) if backdoor_test is not None else None
+    else:
+        metrics["clean_acc"], metrics["asr"] = history[-1]["clean_acc"], history[-1].get("asr")
     save_tensors(out / "model.safetensors", model.state_dict(), {"model": settings.model})
 
     has_poison = bool(poisoned.poison_flags.any())
-    metrics: dict[str, Any] = {
-        "clean_acc": history[-1]["clean_acc"],
-        "asr": history[-1].get("asr"),  # None without an attack
+    metrics.update({
         **(stealth(*poisoned.poisoned_pairs(limit=STEALTH_SAMPLE)) if has_poison
            else {"psnr": None, "linf": None, "ssim": None}),
         "poison_count": int(poisoned.poison_flags.sum()),
@@ -120,7 +202,28 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
         "test_size": len(data.test),
         "backdoor_test_size": len(backdoor_test) if backdoor_test is not None else 0,
         "history": history,
-    }
+    })
+    metrics = {k: metrics[k] for k in ("clean_acc", "asr")} | metrics
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    return RunResult(out, metrics)
+
+
+def run_detect(settings: BackdoorRunSettings, sd: SDSettings, out: str | Path, *, resume: bool = False,
+               overwrite: bool = False) -> RunResult:
+    """The SD module alone: poison, train the SD model, FCT-score, split; write split, metrics, histogram."""
+    from advml.backdoor.defenses import distinguish, untrusted_view
+
+    out = prepare_out(out, resume=resume, overwrite=overwrite)
+    start = time.perf_counter()
+    data, attack, poisoned, _ = _setup(settings, out, resume)
+    write_text_atomic(out / "sd.yaml", dump_yaml(sd.model_dump(mode="json")))
+    torch.manual_seed(settings.seed + 1)
+    model = _model_factory(settings, data, init=False)()
+    split = distinguish(model, untrusted_view(poisoned), sd, seed=settings.seed, device=settings.train.device,
+                        progress=settings.train.progress, checkpoint_dir=out / "checkpoints", resume=resume)
+    metrics = {**_split_outputs(out, split, poisoned, attack.name), "poison_count": int(poisoned.poison_flags.sum()),
+               "train_size": len(poisoned)}
     write_json(out / "metrics.json", metrics)
     write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
     return RunResult(out, metrics)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -24,6 +24,7 @@ from advml.utils.io import load_tensors, save_tensors
 from advml.utils.runtime import resolve_device
 
 CHECKPOINT_NAME = "last.safetensors"
+BEST_NAME = "best.safetensors"
 
 
 class TrainConfig(Settings):
@@ -56,6 +57,7 @@ class Batch(NamedTuple):
 
 
 LossFn = Callable[[nn.Module, Batch], Tensor]
+Phase = tuple[ImageDataset, LossFn]  # one pass over a dataset with its own loss, within an epoch
 
 
 def cross_entropy(model: nn.Module, batch: Batch) -> Tensor:
@@ -181,8 +183,9 @@ class Trainer:
                                            num_workers=self.config.num_workers,
                                            pin_memory=self.device.type == "cuda")
 
-    def train_epoch(self, data: ImageDataset) -> float:
-        """One pass over `data`; returns the mean loss."""
+    def train_epoch(self, data: ImageDataset, loss_fn: LossFn | None = None) -> float:
+        """One pass over `data` (with `loss_fn`, default the trainer's); returns the mean loss."""
+        loss_fn = loss_fn or self.loss_fn
         c, dev = self.config, self.device
         lr = self.lr_at(self.epoch)
         for g in self.optimizer.param_groups:
@@ -197,7 +200,7 @@ class Trainer:
             if c.augment == "standard":
                 x = standard_augment(x, self.generator)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = self.loss_fn(self.model, Batch(x, y, idx))
+                loss = loss_fn(self.model, Batch(x, y, idx))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {self.epoch + 1}; lower the lr")
             self.optimizer.zero_grad(set_to_none=True)
@@ -208,29 +211,49 @@ class Trainer:
             bar.set_postfix(loss=f"{total / count:.3f}")
         return total / max(count, 1)
 
-    def fit(self, train: ImageDataset, evals: Mapping[str, ImageDataset] | None = None, *, resume: bool = False,
-            stop_after: int | None = None) -> list[dict[str, Any]]:
+    def fit(self, train: ImageDataset | Sequence[Phase], evals: Mapping[str, ImageDataset] | None = None, *,
+            resume: bool = False, stop_after: int | None = None,
+            select: Callable[[dict[str, Any]], float] | None = None) -> list[dict[str, Any]]:
         """Train until `config.epochs` (or `stop_after`) epochs are done; returns the per-epoch history.
 
-        With `resume`, continue from `checkpoint_dir/last.safetensors` when it exists.
+        `train` is a dataset, or a list of (dataset, loss_fn) phases run in order within every epoch (as
+        D-BR's unlearn-then-relearn). With `select`, a score of each epoch's record (higher is better; it
+        must only read `evals` that come from training data), the best epoch's weights are restored at the
+        end. With `resume`, continue from `checkpoint_dir/last.safetensors` when it exists.
         """
-        train = as_image_dataset(train)
-        if len(train) == 0:
+        phases = [(as_image_dataset(train), self.loss_fn)] if not isinstance(train, Sequence) \
+            else [(as_image_dataset(d), fn) for d, fn in train]
+        if not phases or any(len(d) == 0 for d, _ in phases):
             raise ConfigError("cannot train on an empty dataset")
         ckpt = self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir else None
+        best_path = self.checkpoint_dir / BEST_NAME if self.checkpoint_dir else None
+        best: tuple[float, dict[str, Tensor]] | None = None
         if resume and ckpt is not None and ckpt.is_file():
             self.load_checkpoint(ckpt)
+            if select is not None and best_path is not None and best_path.is_file():
+                tensors, meta = load_tensors(best_path)
+                best = (float(meta["score"]), tensors)
         last = min(self.config.epochs, stop_after) if stop_after is not None else self.config.epochs
         epochs = tqdm(range(self.epoch, last), initial=self.epoch, total=self.config.epochs, desc="training",
                       disable=not self.config.progress)
         for _ in epochs:
-            loss = self.train_epoch(train)
-            record: dict[str, Any] = {"epoch": self.epoch + 1, "loss": loss, "lr": self.lr_at(self.epoch)}
+            losses = [self.train_epoch(data, fn) for data, fn in phases]
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "loss": losses[0] if len(losses) == 1 else losses,
+                                      "lr": self.lr_at(self.epoch)}
             for name, data in (evals or {}).items():
                 record[name] = accuracy(self.model, data, batch_size=self.config.eval_batch_size)
+            if select is not None:
+                record["select"] = score = float(select(record))
+                if best is None or score > best[0]:
+                    best = (score, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+                    if best_path is not None:
+                        save_tensors(best_path, best[1], {"score": repr(score), "epoch": str(self.epoch + 1)})
             self.epoch += 1
             self.history.append(record)
-            epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k not in {"epoch", "lr"}})
+            epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items()
+                                if k not in {"epoch", "lr"} and isinstance(v, float)})
             if ckpt is not None:
                 self.save_checkpoint(ckpt)
+        if best is not None and self.epoch >= self.config.epochs:
+            self.model.load_state_dict(best[1])
         return self.history

@@ -1,0 +1,55 @@
+"""Backdoor defenses: one module per defense plus one line here; FCT and the SD module are shared parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advml.backdoor.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    DefenseSettings,
+    untrusted_view,
+)
+from advml.backdoor.defenses.contrastive import (
+    contrastive_loss,
+    train_encoder,
+    train_probe,
+)
+from advml.backdoor.defenses.dbr import DBR
+from advml.backdoor.defenses.dst import DST, Baseline1, Baseline2
+from advml.backdoor.defenses.fct import TRANSFORMS, fct_scores
+from advml.backdoor.defenses.none import NoDefense
+from advml.backdoor.defenses.sd import (
+    SDSettings,
+    Split,
+    distinguish,
+    fct_histogram,
+    split_by_score,
+)
+from advml.errors import ConfigError
+from advml.registry import Registry
+
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+DEFENSES.add("none", NoDefense, "No defense: the model trained on the untrusted data")
+DEFENSES.add("d-br", DBR, "D-BR: FCT split, then unlearn D_p (gradient ascent) / relearn D_c, 20 epochs, lr 1e-4")
+DEFENSES.add("d-st", DST, "D-ST: FCT split, SS-CTL encoder (label positives for D_c only), MCE linear classifier")
+DEFENSES.add("baseline1", Baseline1, "SimCLR encoder (labels unused) + linear head on all labels")
+DEFENSES.add("baseline2", Baseline2, "SupCon encoder on all labels + linear head on all labels")
+
+
+def build_defense(spec: str | dict[str, Any], **settings: Any) -> Defense:
+    """A defense from a name plus settings, or from a mapping {'name': ..., **settings}."""
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        if "name" not in spec:
+            raise ConfigError("defense settings need a 'name'")
+        settings = {**spec, **settings}
+        spec = settings.pop("name")
+    return DEFENSES.get(spec)(**settings)
+
+
+__all__ = ["DBR", "DEFENSES", "DST", "TRANSFORMS", "Baseline1", "Baseline2", "Defense", "DefenseContext",
+           "DefenseResult", "DefenseSettings", "NoDefense", "SDSettings", "Split", "build_defense",
+           "contrastive_loss", "distinguish", "fct_histogram", "fct_scores", "split_by_score", "train_encoder",
+           "train_probe", "untrusted_view"]

@@ -1,0 +1,82 @@
+"""Defense: settings in, a purified (or securely trained) model plus a report out. A defense sees the
+untrusted training set only — never the test set, never the ground-truth poison flags."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from advml.backdoor.defenses.sd import Split
+from advml.config import Settings, validate
+from advml.data.base import ImageDataset, SubsetDataset
+from advml.errors import ConfigError
+
+
+class DefenseSettings(Settings):
+    """Settings every defense has (none so far); subclasses add theirs."""
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may use besides the training data."""
+
+    new_model: Callable[[], nn.Module]  # a freshly initialised model of the run's architecture
+    backdoored: nn.Module | None = None  # the model trained on the untrusted data (defenses that purify one)
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+
+    def stage_dir(self, name: str) -> Path | None:
+        """A checkpoint sub-folder for one stage of the defense."""
+        return self.checkpoint_dir / name if self.checkpoint_dir else None
+
+
+@dataclass
+class DefenseResult:
+    """The defended model, the sample split when the defense made one, and anything worth reporting."""
+
+    model: nn.Module
+    split: Split | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense:
+    """Base class: a subclass sets `name`, `Settings` and implements `run`."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[DefenseSettings]] = DefenseSettings
+    needs_backdoored_model: ClassVar[bool] = False
+
+    def __init__(self, settings: DefenseSettings | None = None, **kwargs: Any) -> None:
+        if settings is not None and kwargs:
+            raise ConfigError("pass either a settings object or keyword settings, not both")
+        self.settings = settings if settings is not None else validate(self.Settings, kwargs)
+
+    def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
+        """Defend: `train` is the untrusted training set (images and possibly poisoned labels)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """The defense's name and every setting (defaults included)."""
+        return {"name": self.name, **self.settings.model_dump(mode="json")}
+
+
+def untrusted_view(data: ImageDataset) -> ImageDataset:
+    """The training set as a defender sees it: images and labels only (no poison flags, no trigger)."""
+    return SubsetDataset(data, torch.arange(len(data)))
+
+
+def holdout(indices: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Split an index set into (train, held-out) at random; the held-out part is used for model selection."""
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"holdout_fraction must be in [0, 1), got {fraction}")
+    k = round(fraction * indices.numel())
+    perm = torch.randperm(indices.numel(), generator=torch.Generator().manual_seed(seed))
+    return indices[perm[k:]].sort().values, indices[perm[:k]].sort().values

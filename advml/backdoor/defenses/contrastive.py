@@ -1,0 +1,164 @@
+"""Contrastive learning, written once for every defense that needs it: SS-CTL (D-ST), SimCLR and SupCon
+(the baselines, DBD's pre-training). One loss, one augmentation, one encoder trainer, one linear probe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import kornia.augmentation as K
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from advml.config import Settings
+from advml.data.base import ImageDataset
+from advml.errors import InputError
+from advml.train import Batch, TrainConfig, Trainer
+
+
+def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, supervised: Tensor | None = None, *,
+                     temperature: float = 0.1, base_temperature: float = 0.07) -> Tensor:
+    """SupCon loss (Khosla et al.) over two views, with per-anchor supervision.
+
+    An anchor i whose `supervised[i]` is True takes every same-label sample (both views) as positives; any
+    other anchor takes only its own other view (SimCLR). labels=None or supervised all False -> SimCLR;
+    supervised all True -> SupCon; supervised = "in D_c" -> D-ST's SS-CTL, whose mask zeroes the rows of
+    non-clean anchors only (a clean anchor still counts same-label non-clean samples as positives).
+    z1, z2: (N, d) embeddings of the two views (normalised here)."""
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise InputError(f"views must be (N, d) of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    pair = torch.arange(2 * n, device=z.device).roll(n)  # i <-> i+N: the other view
+    pos = torch.zeros(2 * n, 2 * n, dtype=torch.bool, device=z.device)
+    pos[torch.arange(2 * n, device=z.device), pair] = True
+    if labels is not None:
+        sup = torch.ones(n, dtype=torch.bool, device=z.device) if supervised is None else supervised.to(z.device)
+        lab = labels.to(z.device).repeat(2)
+        same = (lab[:, None] == lab[None, :]) & ~self_mask
+        pos |= same & sup.repeat(2)[:, None]
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    mean_pos = log_prob.masked_fill(~pos, 0).sum(1) / pos.sum(1)
+    return -(temperature / base_temperature) * mean_pos.mean()
+
+
+def two_view_augment(image_size: tuple[int, int]) -> nn.Sequential:
+    """SupContrast / SimCLR's CIFAR views: RandomResizedCrop(0.2-1), flip, ColorJitter(0.4,0.4,0.4,0.1) p 0.8,
+    grayscale p 0.2 — per-image random parameters, whole batch at once."""
+    return nn.Sequential(K.RandomResizedCrop(image_size, scale=(0.2, 1.0)), K.RandomHorizontalFlip(),
+                         K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2))
+
+
+class ContrastiveSettings(Settings):
+    """Encoder training (SupContrast defaults as D-ST uses them; `epochs` 200 at paper scale)."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(512, ge=2)
+    lr: float = Field(0.5, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(10, ge=0, description="linear warm-up (the official code: when batch > 256)")
+    temperature: float = Field(0.1, gt=0)
+    projection_dim: int = Field(128, ge=1)
+
+
+class ProbeSettings(Settings):
+    """The linear classifier on the frozen encoder (D-ST's MCE stage, the baselines' linear head)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(5.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ContrastiveModel(nn.Module):
+    """A classifier's feature extractor plus an MLP projection head (SupConResNet)."""
+
+    def __init__(self, classifier: nn.Module, projection_dim: int = 128) -> None:
+        super().__init__()
+        self.classifier = classifier
+        d = classifier.feature_dim
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, projection_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projection(self.classifier.features(x))
+
+
+def train_encoder(classifier: nn.Module, data: ImageDataset, settings: ContrastiveSettings, *,
+                  supervised: Tensor | None, use_labels: bool, seed: int = 0, device: str = "auto",
+                  progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False) -> nn.Module:
+    """Train `classifier`'s feature extractor contrastively on two views of `data` (in place).
+
+    supervised: bool per sample of `data` (which anchors use label positives), None = all of them;
+    use_labels=False ignores labels entirely (SimCLR)."""
+    s = settings
+    net = ContrastiveModel(classifier, s.projection_dim)
+    augment = two_view_augment(data.image_shape[1:])
+    sup = None if supervised is None else supervised.bool().cpu()
+    if sup is not None and sup.numel() != len(data):
+        raise InputError(f"supervised has {sup.numel()} flags for {len(data)} samples")
+
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        z = model(torch.cat([augment(batch.x), augment(batch.x)]))
+        z1, z2 = z.chunk(2)
+        if not use_labels:
+            return contrastive_loss(z1, z2, temperature=s.temperature)
+        return contrastive_loss(z1, z2, batch.y, None if sup is None else sup[batch.index],
+                                temperature=s.temperature)
+
+    config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                         warmup_epochs=min(s.warmup_epochs, s.epochs - 1), augment="none", device=device,
+                         progress=progress)
+    Trainer(net, config, loss_fn=loss, seed=seed, checkpoint_dir=checkpoint_dir).fit(data, resume=resume)
+    return classifier
+
+
+class LinearProbe(nn.Module):
+    """A classifier whose feature extractor is frozen (eval mode, no gradients): only `head` trains."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+        for p in classifier.parameters():
+            p.requires_grad_(False)
+        for p in classifier.head.parameters():
+            p.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.classifier.eval()  # BatchNorm statistics of the frozen encoder must not move
+        self.classifier.head.train(mode)
+        return self
+
+    def features(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.classifier.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier.head(self.features(x))
+
+
+def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettings,
+                loss_fn: Callable[[nn.Module, Batch], Tensor], *, evals: dict[str, ImageDataset] | None = None,
+                select: Callable[[dict], float] | None = None, seed: int = 0, device: str = "auto",
+                progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False) -> nn.Module:
+    """Train a fresh linear head on the frozen encoder with single-view augmentation; returns the classifier."""
+    classifier.head.reset_parameters()
+    probe = LinearProbe(classifier)
+    augment = nn.Sequential(*list(two_view_augment(data.image_shape[1:])))
+
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        return loss_fn(model, Batch(augment(batch.x), batch.y, batch.index))
+
+    s = settings
+    config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                         augment="none", device=device, progress=progress)
+    Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
+            checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
+    for p in classifier.parameters():
+        p.requires_grad_(True)
+    return classifier

@@ -1,0 +1,68 @@
+"""D-BR (Chen et al. 2022): purify a backdoored model by alternating gradient ascent on the detected
+poisoned samples D_p (unlearning) and descent on the detected clean samples D_c (relearning)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from advml.backdoor.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    DefenseSettings,
+    holdout,
+)
+from advml.backdoor.defenses.sd import SDSettings, distinguish
+from advml.data.base import ImageDataset
+from advml.errors import ConfigError
+from advml.train import Batch, TrainConfig, Trainer, cross_entropy
+
+
+class DBRSettings(DefenseSettings):
+    """The official `unlearn_relearn.py` settings; model selection on held-out D_c/D_p, not test labels."""
+
+    sd: SDSettings = Field(default_factory=SDSettings)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-4, gt=0, description="constant lr of the one SGD optimiser of both passes")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    augment: str = Field("standard", pattern="^(standard|none)$", description="crop (pad 4) + flip")
+    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="share of D_c and of D_p kept out of training "
+                                    "to pick the epoch with the best held-out acc(D_c) - acc(D_p)")
+
+
+def ascent_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """Unlearning: minus the cross-entropy on (detected) poisoned samples and their given labels."""
+    return -F.cross_entropy(model(batch.x), batch.y)
+
+
+class DBR(Defense):
+    """Backdoor removal: SD split, then each epoch one ascent pass over D_p and one descent pass over D_c."""
+
+    name = "d-br"
+    Settings = DBRSettings
+    needs_backdoored_model = True
+
+    def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
+        if ctx.backdoored is None:
+            raise ConfigError("D-BR purifies a trained model; none was given")
+        s = self.settings
+        split = distinguish(ctx.new_model(), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                            checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
+        p_train, p_hold = holdout(split.poisoned, s.holdout_fraction, ctx.seed)
+        c_train, c_hold = holdout(split.clean, s.holdout_fraction, ctx.seed + 1)
+        if p_train.numel() == 0 or c_train.numel() == 0:
+            raise ConfigError("D_p or D_c is empty; use a larger training set or larger ratios")
+        config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
+                             weight_decay=s.weight_decay, schedule="constant", augment=s.augment, device=ctx.device,
+                             progress=ctx.progress)
+        trainer = Trainer(ctx.backdoored, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("unlearn_relearn"))
+        evals = {"holdout_clean": train.subset(c_hold), "holdout_poison": train.subset(p_hold)} \
+            if p_hold.numel() and c_hold.numel() else {}
+        history = trainer.fit([(train.subset(p_train), ascent_loss), (train.subset(c_train), cross_entropy)],
+                              evals, resume=ctx.resume,
+                              select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None)
+        return DefenseResult(ctx.backdoored, split, {"history": history})

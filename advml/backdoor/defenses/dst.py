@@ -1,0 +1,114 @@
+"""D-ST (Chen et al. 2022): secure training — an SS-CTL encoder (label positives only for the detected
+clean samples D_c) and the MCE linear classifier (CE on D_c minus lambda_p CE on D_p). Also the two
+baselines of the paper's table, as we read them: a SimCLR or SupCon encoder + a linear head on all labels."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from advml.backdoor.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    DefenseSettings,
+    holdout,
+)
+from advml.backdoor.defenses.contrastive import (
+    ContrastiveSettings,
+    ProbeSettings,
+    train_encoder,
+    train_probe,
+)
+from advml.backdoor.defenses.sd import SDSettings, distinguish
+from advml.data.base import ImageDataset
+from advml.errors import ConfigError
+from advml.train import Batch, cross_entropy
+
+
+def mce_loss(is_poisoned: Tensor, lambda_p: float):
+    """CE over the batch's D_c samples minus lambda_p times CE over its D_p samples (by dataset index)."""
+
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        ce = F.cross_entropy(model(batch.x), batch.y, reduction="none")
+        p = is_poisoned[batch.index].to(ce.device)
+        clean = ce[~p].mean() if (~p).any() else ce.sum() * 0
+        poison = ce[p].mean() if p.any() else ce.sum() * 0
+        return clean - lambda_p * poison
+
+    return loss
+
+
+class DSTSettings(DefenseSettings):
+    """The official ST module's settings (paper scale: 200 contrastive epochs, batch 512)."""
+
+    sd: SDSettings = Field(default_factory=SDSettings)
+    encoder: ContrastiveSettings = Field(default_factory=ContrastiveSettings)
+    classifier: ProbeSettings = Field(default_factory=ProbeSettings)
+    lambda_p: float = Field(0.001, ge=0, description="weight of the ascent term on D_p in the MCE loss")
+    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="share of D_c and of D_p kept out of the MCE "
+                                    "stage to pick its epoch by held-out acc(D_c) - acc(D_p)")
+
+
+class DST(Defense):
+    """SD split -> SS-CTL encoder on all samples -> MCE linear classifier on D_c and D_p."""
+
+    name = "d-st"
+    Settings = DSTSettings
+
+    def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
+        s = self.settings
+        split = distinguish(ctx.new_model(), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                            checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
+        supervised = torch.zeros(len(train), dtype=torch.bool)
+        supervised[split.clean] = True
+        model = train_encoder(ctx.new_model(), train, s.encoder, supervised=supervised, use_labels=True,
+                              seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                              checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
+        p_train, p_hold = holdout(split.poisoned, s.holdout_fraction, ctx.seed)
+        c_train, c_hold = holdout(split.clean, s.holdout_fraction, ctx.seed + 1)
+        if c_train.numel() == 0:
+            raise ConfigError("D_c is empty; use a larger training set or a larger clean_ratio")
+        index = torch.cat([c_train, p_train])
+        is_poisoned = torch.cat([torch.zeros(c_train.numel(), dtype=torch.bool),
+                                 torch.ones(p_train.numel(), dtype=torch.bool)])
+        evals = {"holdout_clean": train.subset(c_hold), "holdout_poison": train.subset(p_hold)} \
+            if p_hold.numel() and c_hold.numel() else {}
+        train_probe(model, train.subset(index), s.classifier, mce_loss(is_poisoned, s.lambda_p), evals=evals,
+                    select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None, seed=ctx.seed,
+                    device=ctx.device, progress=ctx.progress, checkpoint_dir=ctx.stage_dir("classifier"),
+                    resume=ctx.resume)
+        return DefenseResult(model, split)
+
+
+class BaselineSettings(DefenseSettings):
+    """A contrastive encoder + a linear head trained with CE on all (possibly poisoned) labels."""
+
+    encoder: ContrastiveSettings = Field(default_factory=ContrastiveSettings)
+    classifier: ProbeSettings = Field(default_factory=ProbeSettings)
+
+
+class Baseline1(Defense):
+    """Baseline1: a self-supervised (SimCLR, labels unused) encoder + a linear head on all labels."""
+
+    name = "baseline1"
+    Settings = BaselineSettings
+    use_labels = False
+
+    def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
+        s = self.settings
+        model = train_encoder(ctx.new_model(), train, s.encoder, supervised=None, use_labels=self.use_labels,
+                              seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                              checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
+        train_probe(model, train, s.classifier, cross_entropy, seed=ctx.seed, device=ctx.device,
+                    progress=ctx.progress, checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
+        return DefenseResult(model)
+
+
+class Baseline2(Baseline1):
+    """Baseline2: a supervised contrastive (SupCon) encoder on all labels + a linear head on all labels."""
+
+    name = "baseline2"
+    use_labels = True

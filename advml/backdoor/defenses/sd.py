@@ -1,0 +1,175 @@
+"""The SD module (sample distinguishment) of D-ST/D-BR: train a model briefly on the untrusted data
+without augmentation, fine-tune it with the intra-class loss, score every sample with FCT and split
+the training set into D_c (lowest scores, likely clean), D_p (highest, likely poisoned) and D_u."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from advml.backdoor.defenses.fct import DEFAULT_TRANSFORMS, TRANSFORMS, fct_scores
+from advml.config import Settings
+from advml.data.base import ImageDataset
+from advml.errors import ConfigError, InputError
+from advml.metrics import detection
+from advml.train import Batch, TrainConfig, Trainer
+
+
+class SDSettings(Settings):
+    """The official code's settings (EBD `train_attack_noTrans.py`, `finetune_attack_noTrans.py`,
+    `calculate_consistency.py`, `calculate_gamma.py`)."""
+
+    warmup_epochs: int = Field(2, ge=1, description="plain CE epochs without augmentation")
+    finetune_epochs: int = Field(10, ge=0, description="epochs of CE + intra-class loss")
+    intra_weight: float = Field(1.0, ge=0, description="weight of the intra-class loss while fine-tuning")
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(128, ge=1)
+    # the official cosine schedule has T_max=100, so over 2 + 10 epochs the lr stays within 3% of 0.01
+    schedule: Literal["constant", "cosine"] = "constant"
+    transforms: list[str] = Field(default_factory=lambda: list(DEFAULT_TRANSFORMS),
+                                  description="FCT's tau, applied in order: " + ", ".join(TRANSFORMS.names()))
+    draws: int = Field(1, ge=1, description="random transforms averaged per sample (1 in the official code)")
+    normalize_features: bool = Field(False, description="L2-normalise features before the FCT difference")
+    clean_ratio: float = Field(0.2, gt=0, lt=1, description="alpha_c: lowest-score fraction -> D_c")
+    poison_ratio: float = Field(0.05, gt=0, lt=1, description="alpha_p: highest-score fraction -> D_p")
+
+    def model_post_init(self, _: Any) -> None:
+        for name in self.transforms:
+            TRANSFORMS.get(name)
+        if self.clean_ratio + self.poison_ratio > 1:
+            raise ConfigError("clean_ratio + poison_ratio must not exceed 1")
+
+
+@dataclass
+class Split:
+    """Index sets of the training data: D_c (clean), D_p (poisoned), D_u (uncertain), and the scores."""
+
+    clean: Tensor
+    poisoned: Tensor
+    uncertain: Tensor
+    scores: Tensor
+
+    def flags(self) -> Tensor:
+        """Bool per sample: in D_p."""
+        out = torch.zeros(self.scores.numel(), dtype=torch.bool)
+        out[self.poisoned] = True
+        return out
+
+    def metrics(self, truth: Tensor) -> dict[str, float]:
+        """Detection quality against ground-truth poison flags: precision/recall of D_p, D_c's poisoned share."""
+        truth = truth.bool()
+        if truth.numel() != self.scores.numel():
+            raise InputError(f"{truth.numel()} poison flags for {self.scores.numel()} scored samples")
+        return {**detection(self.flags(), truth),
+                "clean_split_poison_rate": float(truth[self.clean].double().mean()) if self.clean.numel() else 0.0}
+
+    def tensors(self) -> dict[str, Tensor]:
+        """For saving: the three index sets and the scores."""
+        return {"clean": self.clean, "poisoned": self.poisoned, "uncertain": self.uncertain, "scores": self.scores}
+
+
+def split_by_score(scores: Tensor, clean_ratio: float = 0.2, poison_ratio: float = 0.05) -> Split:
+    """Sort ascending: the floor(alpha_c N) lowest -> D_c, the floor(alpha_p N) highest -> D_p, the rest D_u."""
+    n = scores.numel()
+    if not 0 < clean_ratio < 1 or not 0 < poison_ratio < 1 or clean_ratio + poison_ratio > 1:
+        raise ConfigError(f"need 0 < ratios < 1 and clean_ratio + poison_ratio <= 1, got {clean_ratio}, "
+                          f"{poison_ratio}")
+    if not torch.isfinite(scores).all():
+        raise InputError("FCT scores contain NaN or inf")
+    order = torch.argsort(scores, stable=True)
+    nc, np_ = int(clean_ratio * n), int(poison_ratio * n)
+    return Split(order[:nc].sort().values, order[n - np_:].sort().values, order[nc:n - np_].sort().values,
+                 scores.clone())
+
+
+def intra_class_loss(features: Tensor, labels: Tensor) -> Tensor:
+    """The official fine-tuning term: mean of the cosine-similarity matrix of the L2-normalised class means
+    (classes present in the batch) with its diagonal zeroed; minimising it pushes class centroids apart."""
+    classes, inverse = labels.unique(return_inverse=True)
+    if classes.numel() < 2:
+        return features.sum() * 0
+    sums = torch.zeros(classes.numel(), features.shape[1], device=features.device, dtype=features.dtype)
+    sums.index_add_(0, inverse, features)
+    means = F.normalize(sums / torch.bincount(inverse).unsqueeze(1).to(features.dtype), dim=1)
+    sim = means @ means.T
+    return (sim - torch.diag_embed(sim.diagonal())).mean()
+
+
+def intra_loss_fn(weight: float) -> Callable[[nn.Module, Batch], Tensor]:
+    """CE + weight * intra-class loss on the penultimate features."""
+
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        feats = model.features(batch.x)
+        return F.cross_entropy(model.head(feats), batch.y) + weight * intra_class_loss(feats, batch.y)
+
+    return loss
+
+
+def train_sd_model(model: nn.Module, data: ImageDataset, settings: SDSettings, *, seed: int = 0,
+                   device: str = "auto", progress: bool = True, checkpoint_dir: str | Path | None = None,
+                   resume: bool = False) -> nn.Module:
+    """Warm-up (plain CE, no augmentation) then intra-class fine-tuning, with the one trainer."""
+    s = settings
+    base = {"batch_size": s.batch_size, "lr": s.lr, "schedule": s.schedule, "augment": "none", "device": device,
+                "progress": progress}
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    Trainer(model, TrainConfig(epochs=s.warmup_epochs, **base), seed=seed,
+            checkpoint_dir=ckpt / "sd_warmup" if ckpt else None).fit(data, resume=resume)
+    if s.finetune_epochs:
+        Trainer(model, TrainConfig(epochs=s.finetune_epochs, **base), loss_fn=intra_loss_fn(s.intra_weight),
+                seed=seed + 1, checkpoint_dir=ckpt / "sd_finetune" if ckpt else None).fit(data, resume=resume)
+    return model
+
+
+def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, seed: int = 0, train: bool = True,
+                device: str = "auto", progress: bool = True, checkpoint_dir: str | Path | None = None,
+                resume: bool = False) -> Split:
+    """The SD module: (train `model` on `data` unless `train=False`), FCT-score every sample, split."""
+    if train:
+        train_sd_model(model, data, settings, seed=seed, device=device, progress=progress,
+                       checkpoint_dir=checkpoint_dir, resume=resume)
+    scores = fct_scores(model, data, transforms=settings.transforms, draws=settings.draws,
+                        normalize=settings.normalize_features, seed=seed)
+    return split_by_score(scores, settings.clean_ratio, settings.poison_ratio)
+
+
+def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str = "FCT scores",
+                  split: Split | None = None) -> Path:
+    """Histogram of FCT scores, clean and poisoned samples in two colours (log-spaced bins), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    s = scores.double().clamp_min(1e-12).numpy()
+    t = truth.bool().numpy()
+    bins = np.logspace(np.log10(s.min()), np.log10(s.max() * 1.0001), 60)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(s[~t], bins=bins, alpha=0.6, color="tab:blue", label=f"clean ({(~t).sum()})")
+    ax.hist(s[t], bins=bins, alpha=0.6, color="tab:red", label=f"poisoned ({t.sum()})")
+    if split is not None:
+        for idx, name in ((split.clean, "D_c"), (split.poisoned, "D_p")):
+            if idx.numel():
+                edge = s[idx.numpy()].max() if name == "D_c" else s[idx.numpy()].min()
+                ax.axvline(edge, color="k", ls="--", lw=1)
+                ax.text(edge, ax.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("FCT score (feature change under the transform)")
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
