@@ -1,0 +1,114 @@
+"""Defense runs end to end on the bundled sample (tiny settings): files, metric keys, no test-label reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import advml.run as run_module
+from advml.backdoor.defenses.base import Defense
+from advml.cli import app
+from advml.data.base import ImageDataset
+from advml.run import load_settings, run_backdoor
+
+TINY_SD = {"warmup_epochs": 1, "finetune_epochs": 1}
+TINY = {"dataset": "sample", "train_size": 500, "test_size": 100, "model": "cnn_small", "train": {"epochs": 1, "progress": False, "augment": "none"}}
+
+
+class GuardedTest(ImageDataset):
+    """A test split that fails the run if it is read while a defense runs."""
+
+    def __init__(self, base: ImageDataset, state: dict) -> None:
+        self.base, self.state, self.classes = base, state, base.classes
+
+    @property
+    def labels(self) -> torch.Tensor:
+        assert not self.state["in_defense"], "a defense read test labels"
+        return self.base.labels
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.base.image_shape
+
+    def get_batch(self, index: torch.Tensor):
+        assert not self.state["in_defense"], "a defense read test data"
+        return self.base.get_batch(index)
+
+
+@pytest.mark.parametrize("defense", [
+    {"name": "d-br", "sd": TINY_SD, "epochs": 2},
+    {"name": "d-st", "sd": TINY_SD, "encoder": {"epochs": 1, "batch_size": 128}, "classifier": {"epochs": 1}},
+    {"name": "baseline1", "encoder": {"epochs": 1, "batch_size": 128}, "classifier": {"epochs": 1}},
+])
+def test_defense_run_reads_no_test_labels_and_writes_its_metrics(tmp_path, monkeypatch, defense) -> None:
+    state = {"in_defense": False}
+    real_load = run_module.load_dataset
+
+    def guarded_load(*args, **kwargs):
+        data = real_load(*args, **kwargs)
+        data.test = GuardedTest(data.test, state)
+        return data
+
+    real_run = {cls: cls.run for cls in Defense.__subclasses__()}
+
+    def guard(cls):
+        def run(self, train, ctx):
+            assert not hasattr(train, "poison_flags")
+            state["in_defense"] = True
+            try:
+                return real_run[cls](self, train, ctx)
+            finally:
+                state["in_defense"] = False
+        return run
+
+    monkeypatch.setattr(run_module, "load_dataset", guarded_load)
+    for cls in real_run:
+        monkeypatch.setattr(cls, "run", guard(cls))
+    settings = load_settings(None, {**TINY, "defense": defense})
+    m = run_backdoor(settings, tmp_path / "run").metrics
+    assert 0 <= m["clean_acc"] <= 1 and 0 <= m["asr"] <= 1
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["clean_acc"] == m["clean_acc"]
+    if defense["name"] == "d-br":
+        assert {"clean_acc_before", "asr_before"} <= set(saved)
+        assert saved["defense_history"][0]["select"] is not None
+    if defense["name"] in ("d-br", "d-st"):
+        assert {"detect_precision", "detect_recall", "clean_split_poison_rate"} <= set(saved)
+        assert saved["split_sizes"] == {"clean": 100, "poisoned": 25, "uncertain": 375}
+        assert (tmp_path / "run" / "fct_hist.png").stat().st_size > 1000
+    else:
+        assert "detect_precision" not in saved
+
+
+def test_cli_detect_writes_split_metrics_and_histogram(tmp_path) -> None:
+    r = CliRunner().invoke(app, ["detect", "--out", str(tmp_path / "d"), "--dataset", "sample", "--model",
+                                 "cnn_small", "--train-size", "500", "--no-progress", "--set", "sd.warmup_epochs=1",
+                                 "--set", "sd.finetune_epochs=0"])
+    assert r.exit_code == 0, r.output
+    assert "detect_precision" in r.output
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert m["split_sizes"]["poisoned"] == 25 and m["poison_count"] == 50
+    from advml.utils.io import load_tensors
+
+    tensors, _ = load_tensors(tmp_path / "d" / "split.safetensors")
+    assert tensors["scores"].shape == (500,)
+
+
+def test_cli_defense_errors_are_one_line(tmp_path) -> None:
+    r = CliRunner().invoke(app, ["backdoor", "--out", str(tmp_path / "x"), "--defense", "d_br"])
+    assert r.exit_code == 2 and "did you mean 'd-br'" in r.output
+    assert not (tmp_path / "x").exists()
+    r = CliRunner().invoke(app, ["backdoor", "--out", str(tmp_path / "x"), "--preset", "nope"])
+    assert r.exit_code == 2 and "preset" in r.output
+    r = CliRunner().invoke(app, ["defenses"])
+    assert r.exit_code == 0 and "d-st" in r.output
+
+
+def test_preset_resolves_per_defense_settings() -> None:
+    s = load_settings(None, {"defense": {"name": "d-st"}}, preset="defense_paper")
+    assert s.defense["encoder"]["epochs"] == 200 and s.defense["sd"]["finetune_epochs"] == 10
+    s = load_settings(None, {"defense": {"name": "d-br", "epochs": 3}}, preset="defense_paper")
+    assert s.defense["epochs"] == 3 and s.defense["lr"] == 0.0001
