@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
-from advml.errors import UnknownNameError
+from advml.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -42,6 +42,15 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise UnknownNameError(self.unknown_message(name)) from None
+
+    def build(self, spec: str | Mapping[str, Any], **settings: Any) -> Any:
+        """Call the object registered under a name with settings, or under spec['name'] with the rest of spec."""
+        if isinstance(spec, Mapping):
+            if "name" not in spec:
+                raise ConfigError(f"{self.kind} settings need a 'name'")
+            settings = {**spec, **settings}
+            spec = settings.pop("name")
+        return self.get(spec)(**settings)  # type: ignore[operator]
 
     def unknown_message(self, name: str) -> str:
         """The error text for an unknown name: the valid names and the closest one."""

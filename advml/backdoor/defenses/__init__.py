@@ -27,7 +27,6 @@ from advml.backdoor.defenses.sd import (
     fct_histogram,
     split_by_score,
 )
-from advml.errors import ConfigError
 from advml.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
@@ -40,13 +39,7 @@ DEFENSES.add("baseline2", Baseline2, "SupCon encoder on all labels + linear head
 
 def build_defense(spec: str | dict[str, Any], **settings: Any) -> Defense:
     """A defense from a name plus settings, or from a mapping {'name': ..., **settings}."""
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        if "name" not in spec:
-            raise ConfigError("defense settings need a 'name'")
-        settings = {**spec, **settings}
-        spec = settings.pop("name")
-    return DEFENSES.get(spec)(**settings)
+    return DEFENSES.build(spec, **settings)
 
 
 __all__ = ["DBR", "DEFENSES", "DST", "TRANSFORMS", "Baseline1", "Baseline2", "Defense", "DefenseContext",
