@@ -8,13 +8,13 @@ from advml.backdoor.attacks.badnets import BadNets
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
 from advml.backdoor.attacks.blended import Blended, BlendStrip
 from advml.backdoor.attacks.clean_label import CleanLabel
+from advml.backdoor.attacks.issba import ISSBA
 from advml.backdoor.attacks.low_frequency import LowFrequency
 from advml.backdoor.attacks.none import NoAttack
 from advml.backdoor.attacks.sig import SIG
 from advml.backdoor.attacks.trojan import Trojan
 from advml.backdoor.attacks.trojannn import TrojanNN
 from advml.backdoor.attacks.wanet import WaNet
-from advml.errors import ConfigError
 from advml.registry import Registry
 
 ATTACKS: Registry[type[BackdoorAttack]] = Registry("attack")
@@ -37,19 +37,29 @@ ATTACKS.add("sig", SIG, "SIG clean-label sinusoid (delta 40 train / 60 test, f 6
 
 def build_attack(spec: str | dict[str, Any], **settings: Any) -> BackdoorAttack:
     """An attack from a name plus settings, or from a mapping {'name': ..., **settings}."""
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        if "name" not in spec:
-            raise ConfigError("attack settings need a 'name'")
-        settings = {**spec, **settings}
-        spec = settings.pop("name")
-    return ATTACKS.get(spec)(**settings)
+    return ATTACKS.build(spec, **settings)
 
 ATTACKS.add("wanet", WaNet, "WaNet: a fixed smooth warp (k 4, s 0.5) + noise mode (cross_ratio 2 x as many other "
             "samples warped with noise, labels kept); rate = fraction of the whole training set (relabelled only)")
+ATTACKS.add("issba", ISSBA, "ISSBA: a StegaStamp encoder's sample-specific residual hiding a BCH-coded string "
+            "('a'); encoder trained in advml (a CIFAR-10 32x32 one ships); rate = fraction of the whole training set")
 ATTACKS.add("low_frequency", LowFrequency, "Low-Frequency: BackdoorBench's universal low-frequency pattern added and "
             "clipped; rate = fraction of the whole training set")
 
-__all__ = ["ATTACKS", "AttackSettings", "BackdoorAttack", "BadNets", "BlendStrip", "Blended", "CleanLabel", "LowFrequency", "NoAttack", "SIG", "Trojan", "TrojanNN",
-           "WaNet",
-           "build_attack"]
+__all__ = [
+    "ATTACKS",
+    "ISSBA",
+    "SIG",
+    "AttackSettings",
+    "BackdoorAttack",
+    "BadNets",
+    "BlendStrip",
+    "Blended",
+    "CleanLabel",
+    "LowFrequency",
+    "NoAttack",
+    "Trojan",
+    "TrojanNN",
+    "WaNet",
+    "build_attack",
+]
