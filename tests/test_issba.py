@@ -199,6 +199,14 @@ def test_poison_contract(shipped: ISSBA, sample) -> None:
     assert torch.equal(poisoned.poison_indices, shipped.poison(sample.train, seed=0).poison_indices)
     backdoor = shipped.backdoor_test_set(sample.test)
     assert len(backdoor) == int((sample.test.labels != 0).sum()) and (backdoor.labels == 0).all()
+    # encoded once (the default) or per batch (precompute_mb=0): the same images
+    assert poisoned.perturbed is not None and backdoor.perturbed is not None
+    lazy = ISSBA(precompute_mb=0, model=shipped.model).poison(sample.train, seed=0)
+    assert lazy.perturbed is None
+    idx = poisoned.poison_indices[:16]
+    assert torch.allclose(lazy.get_batch(idx)[0], poisoned.get_batch(idx)[0], atol=1e-5)
+    clean, encoded = poisoned.poisoned_pairs(limit=8)
+    assert torch.allclose(encoded, shipped.trigger_for(sample.train).apply(clean), atol=1e-5)
 
 
 def test_figure(shipped: ISSBA, sample, tmp_path) -> None:

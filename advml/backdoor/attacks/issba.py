@@ -20,6 +20,8 @@ from pydantic import Field
 from torch import Tensor
 
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.none import IdentityTrigger
+from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.secret import SecretCode
 from advml.backdoor.stegastamp import (
     StegaStamp,
@@ -52,6 +54,9 @@ class ISSBASettings(AttackSettings):
     stegastamp: StegaStampSettings = Field(default_factory=StegaStampSettings,
                                            description="encoder-decoder architecture and training (bits here)")
     encode_batch: int = Field(256, ge=1, description="images per encoder forward pass")
+    precompute_mb: float = Field(1024, ge=0, description="encode the poisoned (and backdoor test) images once and "
+                                                         "keep them when they fit in this many MB as float32; "
+                                                         "else encode per batch, lazily")
 
 
 def data_fingerprint(data: ImageDataset) -> str:
@@ -201,6 +206,26 @@ class ISSBA(BackdoorAttack):
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         return ISSBATrigger(self.load_encoder(tuple(image_shape)), self.secret_bits, self.settings.encode_batch)
+
+    def _precomputed(self, ds: PoisonedDataset) -> PoisonedDataset:
+        """`ds` with its triggered images encoded once (when they fit `precompute_mb`): the encoder is a network,
+        and a lazy dataset would run it again on every pass over the data."""
+        idx = ds.poison_indices
+        c, h, w = ds.image_shape
+        if idx.numel() == 0 or idx.numel() * c * h * w * 4 > self.settings.precompute_mb * 2**20:
+            return ds
+        encoded = torch.cat([ds.trigger.apply(ds.base.get_batch(chunk)[0], train=ds.train)
+                             for chunk in idx.split(self.settings.encode_batch)])
+        return PoisonedDataset(ds.base, idx, IdentityTrigger(), ds.labels[idx], train=ds.train,
+                               settings=ds.settings, perturbed=encoded)
+
+    def poison(self, train: ImageDataset, *, seed: int = 0) -> PoisonedDataset:
+        """The poisoned training set (the encoded images computed once when they fit `precompute_mb`)."""
+        return self._precomputed(super().poison(train, seed=seed))
+
+    def backdoor_test_set(self, test: ImageDataset) -> PoisonedDataset:
+        """Non-target test images with the trigger, target labels (encoded once when they fit `precompute_mb`)."""
+        return self._precomputed(super().backdoor_test_set(test))
 
     @torch.no_grad()
     def decode(self, images: Tensor) -> tuple[Tensor, list[str | None]]:
