@@ -2,11 +2,13 @@
 encoder hides a bit string in an image as an additive residual, the decoder reads it back. ISSBA uses the
 residual of a fixed secret as its sample-specific trigger.
 
-Encoder: secret -> dense -> (C, g, g) map (g = min(H, 32)) upsampled (nearest) to H x W, concatenated with
-the image, a U-Net -> residual. Decoder: optional spatial transformer + strided convs -> secret logits.
-Loss as StegaStamp / BackdoorBox's port: 2.0 * mean(residual^2) + 1.5 * perceptual + 1.5 * BCE(secret)
-(+ 0.5 * WGAN critic, off by default). The perceptual term is SSIM (kornia's (1 - SSIM) / 2): LPIPS needs
-downloaded AlexNet weights. advml adds a hinge that keeps every encoded image's PSNR above `psnr_floor`.
+Encoder: secret -> dense (linear) -> (C, g, g) map (g = min(H, 32)) upsampled (nearest) to H x W,
+concatenated with the image, a U-Net -> residual. Decoder: optional spatial transformer + strided convs with
+batch norm -> secret logits. Loss as StegaStamp / BackdoorBox's port: 2.0 * mean(residual^2) + 1.5 *
+perceptual + 1.5 * BCE(secret) (+ 0.5 * WGAN critic, off by default). The perceptual term is SSIM (kornia's
+(1 - SSIM) / 2): LPIPS needs downloaded AlexNet weights. advml adds hinges that keep every encoded image's
+PSNR within [`psnr_floor`, `psnr_ceiling`] and the residuals of different images sharing a secret from
+being alike (mean cosine above `specificity_margin`).
 """
 
 from __future__ import annotations
