@@ -136,10 +136,12 @@ def _setup(settings: BackdoorRunSettings, out: Path, resume: bool) -> tuple[Any,
     return data, attack, poisoned, attack.backdoor_test_set(data.test)
 
 
-def _model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = True) -> Callable[[], torch.nn.Module]:
+def _model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = True) -> Callable[..., torch.nn.Module]:
     c, h, _ = data.image_shape
 
-    def new() -> torch.nn.Module:
+    def new(arch: str | None = None) -> torch.nn.Module:
+        if arch is not None and arch != settings.model:  # another architecture (e.g. the SD module's model)
+            return build_model(arch, data.num_classes, image_size=h, in_channels=c, mean=data.mean, std=data.std)
         return build_model(settings.model, data.num_classes, image_size=h, in_channels=c, mean=data.mean,
                            std=data.std, weights=settings.init_weights if init else None, **settings.model_options)
 
@@ -219,7 +221,7 @@ def run_detect(settings: BackdoorRunSettings, sd: SDSettings, out: str | Path, *
     data, attack, poisoned, _ = _setup(settings, out, resume)
     write_text_atomic(out / "sd.yaml", dump_yaml(sd.model_dump(mode="json")))
     torch.manual_seed(settings.seed + 1)
-    model = _model_factory(settings, data, init=False)()
+    model = _model_factory(settings, data, init=False)(sd.model)
     split = distinguish(model, untrusted_view(poisoned), sd, seed=settings.seed, device=settings.train.device,
                         progress=settings.train.progress, checkpoint_dir=out / "checkpoints", resume=resume)
     metrics = {**_split_outputs(out, split, poisoned, attack.name), "poison_count": int(poisoned.poison_flags.sum()),

@@ -25,7 +25,7 @@ class DefenseSettings(Settings):
 class DefenseContext:
     """What a defense may use besides the training data."""
 
-    new_model: Callable[[], nn.Module]  # a freshly initialised model of the run's architecture
+    new_model: Callable[..., nn.Module]  # new_model(arch=None): a fresh model of the run's (or that) architecture
     backdoored: nn.Module | None = None  # the model trained on the untrusted data (defenses that purify one)
     seed: int = 0
     device: str = "auto"

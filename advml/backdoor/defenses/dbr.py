@@ -50,7 +50,7 @@ class DBR(Defense):
         if ctx.backdoored is None:
             raise ConfigError("D-BR purifies a trained model; none was given")
         s = self.settings
-        split = distinguish(ctx.new_model(), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+        split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
                             checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
         p_train, p_hold = holdout(split.poisoned, s.holdout_fraction, ctx.seed)
         c_train, c_hold = holdout(split.clean, s.holdout_fraction, ctx.seed + 1)

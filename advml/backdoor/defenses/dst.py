@@ -60,7 +60,7 @@ class DST(Defense):
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         s = self.settings
-        split = distinguish(ctx.new_model(), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+        split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
                             checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
         supervised = torch.zeros(len(train), dtype=torch.bool)
         supervised[split.clean] = True

@@ -26,6 +26,7 @@ class SDSettings(Settings):
     """The official code's settings (EBD `train_attack_noTrans.py`, `finetune_attack_noTrans.py`,
     `calculate_consistency.py`, `calculate_gamma.py`)."""
 
+    model: str | None = Field(None, description="architecture of the SD model (a registry name); None: the run's")
     warmup_epochs: int = Field(2, ge=1, description="plain CE epochs without augmentation")
     finetune_epochs: int = Field(10, ge=0, description="epochs of CE + intra-class loss")
     intra_weight: float = Field(1.0, ge=0, description="weight of the intra-class loss while fine-tuning")
@@ -41,6 +42,10 @@ class SDSettings(Settings):
     poison_ratio: float = Field(0.05, gt=0, lt=1, description="alpha_p: highest-score fraction -> D_p")
 
     def model_post_init(self, _: Any) -> None:
+        if self.model is not None:
+            from advml.models import MODELS
+
+            MODELS.get(self.model)
         for name in self.transforms:
             TRANSFORMS.get(name)
         if self.clean_ratio + self.poison_ratio > 1:
