@@ -41,13 +41,12 @@ def build_transform(names: Sequence[str], image_size: tuple[int, int]) -> nn.Seq
 def fct_batch(model: nn.Module, x: Tensor, transform: nn.Module, *, normalize: bool = False) -> Tensor:
     """FCT score of each image of one batch: mean over feature dims of (f(x) - f(tau(x)))^2.
 
-    One forward pass of 2N images (clean and transformed) through `model.features` in eval mode. With
-    `normalize`, features are L2-normalised first (scale-free scores)."""
+    Two forward passes of N images through `model.features` in eval mode (one pass of a concatenated 2N
+    batch is 2x slower on CPU). With `normalize`, features are L2-normalised first (scale-free scores)."""
     check_images(x, "images")
-    both = model.features(torch.cat([x, transform(x)]))
+    f, ft = model.features(x), model.features(transform(x))
     if normalize:
-        both = F.normalize(both, dim=1)
-    f, ft = both.chunk(2)
+        f, ft = F.normalize(f, dim=1), F.normalize(ft, dim=1)
     return (f - ft).pow(2).mean(dim=1)
 
 
