@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--defenses", default="d-br,d-st,baseline1,baseline2")
     ap.add_argument("--out", default="runs/defense_table")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every cell")
+    ap.add_argument("--no-run", action="store_true", help="only render the finished cells")
     args = ap.parse_args()
     extra = parse_assignments(args.sets)
     cells: dict[tuple[str, str], dict] = {}
@@ -33,6 +34,9 @@ def main() -> None:
             out = Path(args.out) / attack / defense
             if (out / "metrics.json").is_file():
                 cells[attack, defense] = json.loads((out / "metrics.json").read_text())
+            elif args.no_run:
+                cells[attack, defense] = {}
+                continue
             else:
                 settings = load_settings(None, deep_merge({"attack": {"name": attack}, "defense": {"name": defense},
                                                            "train": {"progress": False}}, extra), preset=args.preset)
@@ -44,12 +48,15 @@ def main() -> None:
                                                        "clean_split_poison_rate")}}), flush=True)
     defenses = args.defenses.split(",")
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for cell in cells.values():  # a missing cell (--no-run) shows as n/a
+        cell.setdefault("clean_acc", None)
+        cell.setdefault("asr", None)
     print("\n| attack | no defense ACC | ASR | " + " | ".join(f"{d} ACC | ASR" for d in defenses) + " |")
     print("| --- " * (3 + 2 * len(defenses)) + "|")
     for attack in args.attacks.split(","):
         before = next((cells[attack, d] for d in defenses if "clean_acc_before" in cells[attack, d]), None)
         if "none" in defenses:
-            base = (cells[attack, "none"]["clean_acc"], cells[attack, "none"]["asr"])
+            base = (cells[attack, "none"].get("clean_acc"), cells[attack, "none"].get("asr"))
         else:
             base = (before["clean_acc_before"], before["asr_before"]) if before else (None, None)
         row = [fmt(base[0]), fmt(base[1])] + [fmt(cells[attack, d][k]) for d in defenses for k in ("clean_acc", "asr")]
