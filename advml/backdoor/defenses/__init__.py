@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from advml.backdoor.defenses.abl import ABL
 from advml.backdoor.defenses.base import (
     Defense,
     DefenseContext,
@@ -16,6 +17,7 @@ from advml.backdoor.defenses.contrastive import (
     train_encoder,
     train_probe,
 )
+from advml.backdoor.defenses.dbd import DBD
 from advml.backdoor.defenses.dbr import DBR
 from advml.backdoor.defenses.dst import DST, Baseline1, Baseline2
 from advml.backdoor.defenses.fct import TRANSFORMS, fct_scores
@@ -35,6 +37,8 @@ DEFENSES.add("d-br", DBR, "D-BR: FCT split, then unlearn D_p (gradient ascent) /
 DEFENSES.add("d-st", DST, "D-ST: FCT split, SS-CTL encoder (label positives for D_c only), MCE linear classifier")
 DEFENSES.add("baseline1", Baseline1, "SimCLR encoder (labels unused) + linear head on all labels")
 DEFENSES.add("baseline2", Baseline2, "SupCon encoder on all labels + linear head on all labels")
+DEFENSES.add("dbd", DBD, "DBD: SimCLR backbone, SCE linear head, 50 % lowest-loss labelled, MixMatch fine-tuning")
+DEFENSES.add("abl", ABL, "ABL: LGA training, isolate the 1 % lowest-loss samples, train on the rest, unlearn them")
 
 
 def build_defense(spec: str | dict[str, Any], **settings: Any) -> Defense:
@@ -42,7 +46,7 @@ def build_defense(spec: str | dict[str, Any], **settings: Any) -> Defense:
     return DEFENSES.build(spec, **settings)
 
 
-__all__ = ["DBR", "DEFENSES", "DST", "TRANSFORMS", "Baseline1", "Baseline2", "Defense", "DefenseContext",
+__all__ = ["ABL", "DBD", "DBR", "DEFENSES", "DST", "TRANSFORMS", "Baseline1", "Baseline2", "Defense", "DefenseContext",
            "DefenseResult", "DefenseSettings", "NoDefense", "SDSettings", "Split", "build_defense",
            "contrastive_loss", "distinguish", "fct_histogram", "fct_scores", "split_by_score", "train_encoder",
            "train_probe", "untrusted_view"]

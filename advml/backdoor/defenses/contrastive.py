@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import kornia.augmentation as K
 import torch
@@ -47,11 +48,15 @@ def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, super
     return -(temperature / base_temperature) * mean_pos.mean()
 
 
-def two_view_augment(image_size: tuple[int, int]) -> nn.Sequential:
+def two_view_augment(image_size: tuple[int, int], blur_p: float = 0.0) -> nn.Sequential:
     """SupContrast / SimCLR's CIFAR views: RandomResizedCrop(0.2-1), flip, ColorJitter(0.4,0.4,0.4,0.1) p 0.8,
-    grayscale p 0.2 — per-image random parameters, whole batch at once."""
-    return nn.Sequential(K.RandomResizedCrop(image_size, scale=(0.2, 1.0)), K.RandomHorizontalFlip(),
-                         K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2))
+    grayscale p 0.2 — per-image random parameters, whole batch at once. blur_p > 0 adds DBD's Gaussian blur
+    (kernel 3, sigma 0.1-2) with that probability."""
+    ops = [K.RandomResizedCrop(image_size, scale=(0.2, 1.0)), K.RandomHorizontalFlip(),
+           K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
+    if blur_p > 0:
+        ops.append(K.RandomGaussianBlur((3, 3), (0.1, 2.0), p=blur_p))
+    return nn.Sequential(*ops)
 
 
 class ContrastiveSettings(Settings):
@@ -64,6 +69,7 @@ class ContrastiveSettings(Settings):
     warmup_epochs: int = Field(10, ge=0, description="linear warm-up (the official code: when batch > 256)")
     temperature: float = Field(0.1, gt=0)
     projection_dim: int = Field(128, ge=1)
+    blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur view (DBD: 0.5)")
 
 
 class ProbeSettings(Settings):
@@ -73,6 +79,7 @@ class ProbeSettings(Settings):
     batch_size: int = Field(512, ge=1)
     lr: float = Field(5.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
 
 
 class ContrastiveModel(nn.Module):
@@ -97,7 +104,7 @@ def train_encoder(classifier: nn.Module, data: ImageDataset, settings: Contrasti
     use_labels=False ignores labels entirely (SimCLR)."""
     s = settings
     net = ContrastiveModel(classifier, s.projection_dim)
-    augment = two_view_augment(data.image_shape[1:])
+    augment = two_view_augment(data.image_shape[1:], s.blur_p)
     sup = None if supervised is None else supervised.bool().cpu()
     if sup is not None and sup.numel() != len(data):
         raise InputError(f"supervised has {sup.numel()} flags for {len(data)} samples")
@@ -156,7 +163,7 @@ def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettin
 
     s = settings
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                         augment="none", device=device, progress=progress)
+                         optimizer=s.optimizer, augment="none", device=device, progress=progress)
     Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
             checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
     for p in classifier.parameters():

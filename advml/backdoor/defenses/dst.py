@@ -16,6 +16,7 @@ from advml.backdoor.defenses.base import (
     DefenseSettings,
     holdout,
 )
+from advml.backdoor.defenses.compute import ComputeLog
 from advml.backdoor.defenses.contrastive import (
     ContrastiveSettings,
     ProbeSettings,
@@ -59,14 +60,18 @@ class DST(Defense):
     Settings = DSTSettings
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
-        s = self.settings
-        split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
-                            checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
+        s, n = self.settings, len(train)
+        compute = ComputeLog()  # wall time and epochs x images per stage, to set beside DBD's
+        sd_epochs = s.sd.warmup_epochs + s.sd.finetune_epochs
+        with compute.stage("sd", epochs=sd_epochs, images=n, forward_images=(sd_epochs + 2 * s.sd.draws) * n):
+            split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device,
+                                progress=ctx.progress, checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
         supervised = torch.zeros(len(train), dtype=torch.bool)
         supervised[split.clean] = True
-        model = train_encoder(ctx.new_model(), train, s.encoder, supervised=supervised, use_labels=True,
-                              seed=ctx.seed, device=ctx.device, progress=ctx.progress,
-                              checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
+        with compute.stage("encoder", epochs=s.encoder.epochs, images=n, forward_images=2 * s.encoder.epochs * n):
+            model = train_encoder(ctx.new_model(), train, s.encoder, supervised=supervised, use_labels=True,
+                                  seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                                  checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
         p_train, p_hold = holdout(split.poisoned, s.holdout_fraction, ctx.seed)
         c_train, c_hold = holdout(split.clean, s.holdout_fraction, ctx.seed + 1)
         if c_train.numel() == 0:
@@ -76,11 +81,12 @@ class DST(Defense):
                                  torch.ones(p_train.numel(), dtype=torch.bool)])
         evals = {"holdout_clean": train.subset(c_hold), "holdout_poison": train.subset(p_hold)} \
             if p_hold.numel() and c_hold.numel() else {}
-        train_probe(model, train.subset(index), s.classifier, mce_loss(is_poisoned, s.lambda_p), evals=evals,
-                    select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None, seed=ctx.seed,
-                    device=ctx.device, progress=ctx.progress, checkpoint_dir=ctx.stage_dir("classifier"),
-                    resume=ctx.resume)
-        return DefenseResult(model, split)
+        with compute.stage("classifier", epochs=s.classifier.epochs, images=index.numel()):
+            train_probe(model, train.subset(index), s.classifier, mce_loss(is_poisoned, s.lambda_p), evals=evals,
+                        select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None,
+                        seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                        checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
+        return DefenseResult(model, split, {"metrics": {"defense_compute": compute.report()}})
 
 
 class BaselineSettings(DefenseSettings):

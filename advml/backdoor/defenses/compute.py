@@ -1,0 +1,33 @@
+"""The compute a defense spends, stage by stage: wall seconds and epochs x images, for `metrics.json`
+(`defense_compute`), so that defenses (DBD and D-ST at equal presets) can be compared side by side."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+class ComputeLog:
+    """Records, per stage, the wall time, `epochs` x `images` (samples per epoch) and `forward_images`, the
+    images that went through the network (default epochs x images; 2x for a two-view contrastive stage)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, Any]] = {}
+
+    @contextmanager
+    def stage(self, name: str, *, epochs: int, images: int, forward_images: int | None = None) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = {"seconds": round(time.perf_counter() - start, 3), "epochs": epochs,
+                                 "images": images, "epoch_images": epochs * images,
+                                 "forward_images": epochs * images if forward_images is None else forward_images}
+
+    def report(self) -> dict[str, Any]:
+        """{'stages': {...}, 'seconds', 'epoch_images', 'forward_images': totals} (a stage resumed from its
+        checkpoints counts only the time it took this time)."""
+        total = {k: sum(s[k] for s in self.stages.values()) for k in ("seconds", "epoch_images", "forward_images")}
+        return {"stages": self.stages, **total, "seconds": round(total["seconds"], 3)}
