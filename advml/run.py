@@ -148,11 +148,12 @@ def _model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = Tru
     return new
 
 
-def _split_outputs(out: Path, split: Split, poisoned: Any, name: str) -> dict[str, Any]:
-    """Save the SD split and the FCT histogram; the detection metrics against the true poison flags."""
+def _split_outputs(out: Path, split: Split, poisoned: Any, name: str, score: str | None = None) -> dict[str, Any]:
+    """Save the split and the score histogram (FCT's, or a detector's `score`); the detection metrics against the
+    true poison flags."""
     save_tensors(out / "split.safetensors", split.tensors(), {"attack": name})
-    fct_histogram(split.scores, poisoned.poison_flags, out / "fct_hist.png", title=f"FCT scores, {name}",
-                  split=split)
+    fct_histogram(split.scores, poisoned.poison_flags, out / "fct_hist.png", split=split,
+                  **({"title": f"{score}, {name}", "xlabel": score} if score else {"title": f"FCT scores, {name}"}))
     return {**split.metrics(poisoned.poison_flags), "split_sizes": {"clean": split.clean.numel(),
             "poisoned": split.poisoned.numel(), "uncertain": split.uncertain.numel()}}
 
@@ -161,6 +162,7 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
                  overwrite: bool = False) -> RunResult:
     """Poison the training set, train on it (and defend), measure clean accuracy, ASR and trigger stealth."""
     from advml.backdoor.defenses import DefenseContext, build_defense, untrusted_view
+    from advml.backdoor.defenses.base import oracle_clean_subset
 
     out = prepare_out(out, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
@@ -180,14 +182,21 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
     if defense.name != "none":
         if backdoored is not None:
             metrics["clean_acc_before"], metrics["asr_before"] = history[-1]["clean_acc"], history[-1].get("asr")
+        clean = None
+        if defense.needs_clean_data:  # an oracle: truly clean training samples, said so in metrics.json
+            clean, _ = oracle_clean_subset(poisoned, defense.settings.clean_fraction, settings.seed)
+            metrics["clean_subset"] = {"size": len(clean), "fraction": defense.settings.clean_fraction,
+                                       "source": "truly clean training samples (oracle)"}
         torch.manual_seed(settings.seed + 1)
         ctx = DefenseContext(new_model=_model_factory(settings, data, init=False), backdoored=backdoored,
                              seed=settings.seed, device=settings.train.device, progress=settings.train.progress,
-                             checkpoint_dir=out / "checkpoints" / "defense", resume=resume)
+                             checkpoint_dir=out / "checkpoints" / "defense", resume=resume,
+                             train_config=settings.train, clean_data=clean)
         result = defense.run(untrusted_view(poisoned), ctx)  # no test data, no poison flags
         model = result.model
         if result.split is not None:
-            metrics.update(_split_outputs(out, result.split, poisoned, attack.name))
+            metrics.update(_split_outputs(out, result.split, poisoned, attack.name, result.report.get("score_name")))
+        metrics.update(result.report.get("metrics", {}))  # a defense's own extra keys (JSON values)
         metrics["defense_history"] = result.report.get("history")
         metrics["clean_acc"] = accuracy(model, data.test)
         metrics["asr"] = attack_success_rate(model, backdoor_test) if backdoor_test is not None else None

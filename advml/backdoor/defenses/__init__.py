@@ -12,6 +12,7 @@ from advml.backdoor.defenses.base import (
     DefenseSettings,
     untrusted_view,
 )
+from advml.backdoor.defenses.activation_clustering import ActivationClustering
 from advml.backdoor.defenses.contrastive import (
     contrastive_loss,
     train_encoder,
@@ -21,6 +22,8 @@ from advml.backdoor.defenses.dbd import DBD
 from advml.backdoor.defenses.dbr import DBR
 from advml.backdoor.defenses.dst import DST, Baseline1, Baseline2
 from advml.backdoor.defenses.fct import TRANSFORMS, fct_scores
+from advml.backdoor.defenses.fine_pruning import FinePruning
+from advml.backdoor.defenses.nad import NAD
 from advml.backdoor.defenses.none import NoDefense
 from advml.backdoor.defenses.sd import (
     SDSettings,
@@ -29,6 +32,7 @@ from advml.backdoor.defenses.sd import (
     fct_histogram,
     split_by_score,
 )
+from advml.backdoor.defenses.spectral import SpectralSignatures
 from advml.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
@@ -37,6 +41,10 @@ DEFENSES.add("d-br", DBR, "D-BR: FCT split, then unlearn D_p (gradient ascent) /
 DEFENSES.add("d-st", DST, "D-ST: FCT split, SS-CTL encoder (label positives for D_c only), MCE linear classifier")
 DEFENSES.add("baseline1", Baseline1, "SimCLR encoder (labels unused) + linear head on all labels")
 DEFENSES.add("baseline2", Baseline2, "SupCon encoder on all labels + linear head on all labels")
+DEFENSES.add("spectral", SpectralSignatures, "Spectral Signatures: drop each class's top 1.5 x eps spectral outliers, retrain")
+DEFENSES.add("ac", ActivationClustering, "Activation Clustering: PCA-10 + 2-means per class, drop clusters < 0.35, retrain")
+DEFENSES.add("fine-pruning", FinePruning, "Fine-Pruning: prune least-active last-layer channels, fine-tune (5% clean oracle)")
+DEFENSES.add("nad", NAD, "NAD: attention distillation from a clean-fine-tuned teacher (5% clean oracle)")
 DEFENSES.add("dbd", DBD, "DBD: SimCLR backbone, SCE linear head, 50 % lowest-loss labelled, MixMatch fine-tuning")
 DEFENSES.add("abl", ABL, "ABL: LGA training, isolate the 1 % lowest-loss samples, train on the rest, unlearn them")
 

@@ -15,6 +15,7 @@ from advml.backdoor.defenses.sd import Split
 from advml.config import Settings, validate
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
+from advml.train import TrainConfig
 
 
 class DefenseSettings(Settings):
@@ -32,6 +33,11 @@ class DefenseContext:
     progress: bool = True
     checkpoint_dir: Path | None = None
     resume: bool = False
+    train_config: TrainConfig | None = None  # the run's training settings (defenses that retrain a model)
+    # a small set of TRULY clean training samples (original images and labels), drawn by `oracle_clean_subset`
+    # for defenses that assume the defender holds clean data (`needs_clean_data`: fine-pruning, NAD); an oracle
+    # the untrusted data alone does not give, reported as such in metrics.json ("clean_subset")
+    clean_data: ImageDataset | None = None
 
     def stage_dir(self, name: str) -> Path | None:
         """A checkpoint sub-folder for one stage of the defense."""
@@ -40,7 +46,9 @@ class DefenseContext:
 
 @dataclass
 class DefenseResult:
-    """The defended model, the sample split when the defense made one, and anything worth reporting."""
+    """The defended model, the sample split when the defense made one, and anything worth reporting
+    (run_backdoor reads `history`, `score_name` (the split's score, for its histogram) and `metrics`, extra
+    JSON keys for metrics.json)."""
 
     model: nn.Module
     split: Split | None = None
@@ -53,6 +61,7 @@ class Defense:
     name: ClassVar[str]
     Settings: ClassVar[type[DefenseSettings]] = DefenseSettings
     needs_backdoored_model: ClassVar[bool] = False
+    needs_clean_data: ClassVar[bool] = False  # True: settings have `clean_fraction`; run_backdoor fills ctx.clean_data
 
     def __init__(self, settings: DefenseSettings | None = None, **kwargs: Any) -> None:
         if settings is not None and kwargs:
@@ -80,3 +89,19 @@ def holdout(indices: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor
     k = round(fraction * indices.numel())
     perm = torch.randperm(indices.numel(), generator=torch.Generator().manual_seed(seed))
     return indices[perm[k:]].sort().values, indices[perm[:k]].sort().values
+
+
+def oracle_clean_subset(data: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, Tensor]:
+    """A seeded draw of round(fraction * N) truly clean samples of a PoisonedDataset (non-poisoned indices,
+    original images and labels), and their indices: the clean data fine-pruning and NAD assume."""
+    flags = getattr(data, "poison_flags", None)
+    if flags is None:
+        raise ConfigError("a truly clean subset needs the poisoned dataset's ground-truth flags")
+    if not 0 < fraction < 1:
+        raise ConfigError(f"clean_fraction must be in (0, 1), got {fraction}")
+    pool = (~flags).nonzero().flatten()
+    k = max(1, round(fraction * len(data)))
+    if k > pool.numel():
+        raise ConfigError(f"clean_fraction {fraction} asks for {k} clean samples, only {pool.numel()} exist")
+    pick = pool[torch.randperm(pool.numel(), generator=torch.Generator().manual_seed(seed))[:k]].sort().values
+    return data.base.subset(pick), pick  # type: ignore[attr-defined]

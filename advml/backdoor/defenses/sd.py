@@ -146,7 +146,7 @@ def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, s
 
 
 def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str = "FCT scores",
-                  split: Split | None = None) -> Path:
+                  split: Split | None = None, xlabel: str = "FCT score (feature change under the transform)") -> Path:
     """Histogram of FCT scores, clean and poisoned samples in two colours (log-spaced bins), as a PNG."""
     import matplotlib
 
@@ -167,7 +167,7 @@ def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str
                 ax.axvline(edge, color="k", ls="--", lw=1)
                 ax.text(edge, ax.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("FCT score (feature change under the transform)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("samples")
     ax.set_title(title)
     ax.legend()

@@ -1,0 +1,55 @@
+"""Shared parts of the poisoned-sample filters (Spectral Signatures, Activation Clustering): the backdoored
+model's penultimate features of every training sample, a Split from the removed samples, and retraining a fresh
+model on the kept ones with the one trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advml.backdoor.defenses.base import DefenseContext
+from advml.backdoor.defenses.sd import Split
+from advml.data.base import ImageDataset, as_image_dataset
+from advml.errors import ConfigError, InputError
+from advml.train import TrainConfig, Trainer
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, data: ImageDataset, *, batch_size: int = 512) -> Tensor:
+    """`model.features(x)` of every sample (float32, on CPU), in eval mode, batch by batch."""
+    if not hasattr(model, "features"):
+        raise InputError("the filter needs a model with a features(x) method (penultimate features)")
+    data = as_image_dataset(data)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [model.features(data.get_batch(idx)[0].to(device)).float().cpu()
+                 for idx in torch.arange(len(data)).split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts)
+
+
+def split_from_removed(removed: Tensor, scores: Tensor) -> Split:
+    """D_p = the removed samples, D_c = the kept ones (what the model is retrained on), D_u empty."""
+    removed = removed.bool()
+    if removed.numel() != scores.numel():
+        raise InputError(f"{removed.numel()} flags for {scores.numel()} scores")
+    return Split(clean=(~removed).nonzero().flatten(), poisoned=removed.nonzero().flatten(),
+                 uncertain=torch.empty(0, dtype=torch.long), scores=scores.float().clone())
+
+
+def retrain(train: ImageDataset, kept: Tensor, ctx: DefenseContext,
+            config: TrainConfig | None) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """A fresh model (ctx.new_model()) trained on `train[kept]` with `config`, else the run's training settings."""
+    if kept.numel() == 0:
+        raise ConfigError("the filter removed every sample; nothing is left to retrain on")
+    config = config or ctx.train_config or TrainConfig()
+    config = config.model_copy(update={"device": ctx.device, "progress": ctx.progress})
+    model = ctx.new_model()
+    history = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("retrain")).fit(
+        train.subset(kept), resume=ctx.resume)
+    return model, history
