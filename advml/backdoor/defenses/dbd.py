@@ -116,8 +116,8 @@ class DBD(Defense):
             step["step"] += 1
             return trainer.epoch + (step["step"] - 1) / m.iterations
 
-        trainer = Trainer(model, config, loss_fn=mixmatch_loss_fn(unlabelled, labelled.num_classes, m, progress),
-                          seed=ctx.seed, checkpoint_dir=ctx.stage_dir("mixmatch"))
+        loss = mixmatch_loss_fn(unlabelled, labelled.num_classes, m, progress, ctx.seed)
+        trainer = Trainer(model, config, loss_fn=loss, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("mixmatch"))
         per_epoch = m.iterations * m.batch_size
         with compute.stage("mixmatch", epochs=m.epochs, images=2 * per_epoch,
                            forward_images=m.epochs * per_epoch * (2 * m.k + 1)):

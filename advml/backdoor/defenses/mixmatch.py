@@ -61,7 +61,7 @@ def linear_rampup(progress: float, length: float) -> float:
 
 
 def mixmatch_loss_fn(unlabelled: ImageDataset, num_classes: int, settings: MixMatchSettings,
-                     progress: Callable[[], float]) -> Callable[[nn.Module, Batch], Tensor]:
+                     progress: Callable[[], float], seed: int = 0) -> Callable[[nn.Module, Batch], Tensor]:
     """A Trainer loss_fn for one MixMatch step. The Trainer iterates a labelled view of `iterations x batch`
     positions (its seeded permutation per epoch, already crop+flip augmented); this loss draws the paired
     unlabelled batch itself as a pure function of those positions (position i -> unlabelled sample
@@ -72,7 +72,7 @@ def mixmatch_loss_fn(unlabelled: ImageDataset, num_classes: int, settings: MixMa
     s = settings
     if len(unlabelled) == 0:
         raise InputError("MixMatch needs unlabelled samples")
-    perm_u = torch.randperm(len(unlabelled), generator=torch.Generator().manual_seed(len(unlabelled)))
+    perm_u = torch.randperm(len(unlabelled), generator=torch.Generator().manual_seed(seed))
 
     def loss(model: nn.Module, batch: Batch) -> Tensor:
         dev = batch.x.device
