@@ -104,7 +104,7 @@ def test_lga_ascends_below_gamma_and_descends_above() -> None:
     batch = Batch(torch.randn(6, 4), torch.randint(0, 3, (6,)), torch.arange(6))
     ce = F.cross_entropy(model(batch.x), batch.y)
     (g_ce,) = torch.autograd.grad(ce, model.weight)
-    for gamma, sign in ((float(ce) + 1.0, -1.0), (float(ce) - 1.0, 1.0)):
+    for gamma, sign in ((float(ce.detach()) + 1.0, -1.0), (float(ce.detach()) - 1.0, 1.0)):
         loss = lga_loss(gamma)(model, batch)
         assert float(loss) == pytest.approx(sign * float(ce), rel=1e-6)
         (g,) = torch.autograd.grad(loss, model.weight)
@@ -124,6 +124,7 @@ def test_registry_settings_are_floats_and_validated() -> None:
     d = build_defense({"name": "dbd", "epsilon": 0.4, "mixmatch": {"temperature": 0.5}})
     assert isinstance(d, DBD) and d.settings.epsilon == 0.4 and d.settings.mixmatch.temperature == 0.5
     assert d.settings.encoder.temperature == 0.5 and d.settings.encoder.blur_p == 0.5  # DBD's SimCLR
+    assert d.settings.encoder.base_temperature == 0.5  # NT-Xent, no SupContrast temperature / 0.07 factor
     assert isinstance(build_defense("abl"), ABL)
     with pytest.raises(ConfigError):
         build_defense({"name": "dbd", "epsilon": 1.5})

@@ -68,6 +68,8 @@ class ContrastiveSettings(Settings):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: int = Field(10, ge=0, description="linear warm-up (the official code: when batch > 256)")
     temperature: float = Field(0.1, gt=0)
+    base_temperature: float = Field(0.07, gt=0, description="the loss is scaled by temperature / base_temperature "
+                                    "(SupContrast); = temperature for plain SimCLR / NT-Xent (DBD)")
     projection_dim: int = Field(128, ge=1)
     blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur view (DBD: 0.5)")
 
@@ -113,9 +115,9 @@ def train_encoder(classifier: nn.Module, data: ImageDataset, settings: Contrasti
         z = model(torch.cat([augment(batch.x), augment(batch.x)]))
         z1, z2 = z.chunk(2)
         if not use_labels:
-            return contrastive_loss(z1, z2, temperature=s.temperature)
+            return contrastive_loss(z1, z2, temperature=s.temperature, base_temperature=s.base_temperature)
         return contrastive_loss(z1, z2, batch.y, None if sup is None else sup[batch.index],
-                                temperature=s.temperature)
+                                temperature=s.temperature, base_temperature=s.base_temperature)
 
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                          warmup_epochs=min(s.warmup_epochs, s.epochs - 1), augment="none", device=device,

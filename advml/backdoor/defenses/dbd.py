@@ -65,7 +65,8 @@ class DBDSettings(DefenseSettings):
     its lr stays within 3 % of 0.4; ours decays over the epochs run, as the original 1000-epoch run did."""
 
     encoder: ContrastiveSettings = Field(default_factory=lambda: ContrastiveSettings(
-        epochs=100, batch_size=512, lr=0.4, weight_decay=1e-4, warmup_epochs=0, temperature=0.5, blur_p=0.5))
+        epochs=100, batch_size=512, lr=0.4, weight_decay=1e-4, warmup_epochs=0, temperature=0.5, base_temperature=0.5,
+        blur_p=0.5), description="SimCLR: NT-Xent without SupContrast's temperature / 0.07 scaling")
     warmup: ProbeSettings = Field(default_factory=lambda: ProbeSettings(
         epochs=10, batch_size=128, lr=0.002, optimizer="adam"), description="linear head on the frozen backbone")
     sce_alpha: float = Field(0.1, ge=0)
