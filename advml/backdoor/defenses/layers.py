@@ -3,7 +3,7 @@ backbone (cnn_small, resnet18_narrow, preact_resnet18), their output shapes, and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,7 @@ class Taps:
         self.outputs: list[Tensor | None] = [None] * len(modules)
         self.handles = [m.register_forward_hook(self._keep(i)) for i, m in enumerate(modules)]
 
-    def _keep(self, i: int):  # noqa: ANN202
+    def _keep(self, i: int) -> Callable[[nn.Module, object, Tensor], None]:
         def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
             self.outputs[i] = output
         return hook

@@ -23,7 +23,7 @@ from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult,
 from advml.backdoor.defenses.layers import Taps, backbone_children, child_output_shapes, require_clean
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
-from advml.train import Batch, TrainConfig, Trainer, cross_entropy
+from advml.train import Batch, LossFn, TrainConfig, Trainer, cross_entropy
 
 
 class NADSettings(DefenseSettings):
@@ -72,7 +72,7 @@ def stage_outputs(model: nn.Module, x: Tensor, count: int) -> list[int]:
     return list(ends.values())[-count:]
 
 
-def nad_loss(teacher: nn.Module, student_taps: Taps, teacher_taps: Taps, betas: list[float], p: float):  # noqa: ANN201
+def nad_loss(teacher: nn.Module, student_taps: Taps, teacher_taps: Taps, betas: list[float], p: float) -> LossFn:
     """CE + sum_i beta_i * AT(student stage i, teacher stage i); the teacher is run without gradients."""
 
     def loss(model: nn.Module, batch: Batch) -> Tensor:
