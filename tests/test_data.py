@@ -183,3 +183,15 @@ def test_tensor_dataset_rejects_bad_arrays():
         TensorImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [0], ["a", "b"])
     with pytest.raises(DataError, match=r"\[0, 2\)"):
         TensorImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [0, 2], ["a", "b"])
+
+
+def test_cifar10_subset_file_alone_refuses_a_full_size_request(tmp_path, data_dir, monkeypatch):
+    """cifar10.npz holds 5,000 train images: asking for all of CIFAR-10 must fail, not train on 5,000."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cifar10.npz").symlink_to(data_dir / "cifar10.npz")
+    with pytest.raises(DataError, match="5,000-image train subset.*cifar10_jpeg.npz"):
+        load_dataset("cifar10", tmp_path / "d", download=False)
+    with pytest.raises(DataError, match="train_size <= 5000"):
+        load_dataset("cifar10", tmp_path / "d", download=False, train_size=8000)
+    assert len(load_dataset("cifar10", tmp_path / "d", download=False, train_size=5000).train) == 5000

@@ -3,7 +3,9 @@
 # then, in parallel on one GPU, (1) the offline CIFAR-10 zoo on all 50,000 images + the targeted RAP table and the
 # RAP cost benchmark, (2) the D-ST paper table (defense_gpu preset) for BadNets and Blend-Kitty. Every job has a
 # deadline; what finished is packed into $OUT (results.tgz without weights, logs.tgz).
-# Usage: OUT=dir [BUDGET=450] [SMOKE_ONLY=1] bash tools/gpu_slice.sh   (data: $ADVML_DATA_DIR, else ./.gpudata)
+# Usage: OUT=dir [BUDGET=450] [SMOKE_ONLY=1] bash tools/gpu_slice.sh
+# Data: $ADVML_DATA_DIR (else ./.gpudata) must hold cifar10_jpeg.npz (all 50,000 train images; cifar10.npz has 5,000)
+# and triggers/d-st/hello_kitty.png.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1

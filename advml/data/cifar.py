@@ -59,10 +59,17 @@ def _cifar10_from(root: Path, train_size: int | None) -> tuple[TensorImageDatase
                                     ["test_batch"], "labels", "batches.meta", "label_names")
     decoded, jpeg = root / "cifar10.npz", root / "cifar10_jpeg.npz"
     small = train_size is not None and train_size <= DECODED_SUBSET_SIZE
-    if decoded.is_file() and (small or not jpeg.is_file()):
+    if decoded.is_file() and small:
         return read_xy_npz(decoded)
     if jpeg.is_file():
         return read_jpeg_npz(jpeg)
+    if decoded.is_file():
+        train, test = read_xy_npz(decoded)
+        if len(train) < 50_000:  # never train on a subset silently when the full set was asked for
+            raise DataError(f"{decoded} holds a {len(train):,}-image train subset, not the 50,000 of CIFAR-10 "
+                            f"(train_size={train_size}); add cifar10_jpeg.npz or torchvision's "
+                            f"cifar-10-batches-py to {root}, or ask for train_size <= {len(train)}")
+        return train, test
     return None
 
 
