@@ -200,3 +200,16 @@ def test_defense_runs_end_to_end_without_test_labels(tmp_path, monkeypatch, defe
     else:
         assert set(saved["defense_history"]) == {"isolation", "finetune", "unlearning"}
     assert (tmp_path / "run" / "split.safetensors").is_file()
+
+
+def test_dst_reports_its_compute_per_stage(tmp_path) -> None:
+    defense = {"name": "d-st", "sd": {"warmup_epochs": 1, "finetune_epochs": 1, "draws": 2},
+               "encoder": {"epochs": 1, "batch_size": 128}, "classifier": {"epochs": 1}}
+    run_backdoor(load_settings(None, {**TINY, "defense": defense}), tmp_path / "run")
+    compute = json.loads((tmp_path / "run" / "metrics.json").read_text())["defense_compute"]
+    stages = compute["stages"]
+    assert set(stages) == {"sd", "encoder", "classifier"}
+    assert stages["sd"]["epoch_images"] == 2 * 500 and stages["sd"]["forward_images"] == (2 + 2 * 2) * 500
+    assert stages["encoder"]["forward_images"] == 2 * 1 * 500
+    assert stages["classifier"]["images"] == 113  # 90 % of D_c (100) and of D_p (25), the rest held out
+    assert compute["epoch_images"] == 1000 + 500 + 113 and compute["seconds"] > 0
