@@ -324,6 +324,37 @@ def demo(
                "the backdoor; at 10,000 it does: advml backdoor --preset defense_cpu --defense d-br (README).")
 
 
+@app.command()
+@_errors
+def bench(
+    spec: Annotated[Path, typer.Argument(help="a bench spec, e.g. configs/seed/table2_defense.yaml")],
+    preset: Annotated[str, typer.Option(help="the spec's scale: smoke, cpu, paper (or others it defines)")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="bench folder (default runs/bench/<spec>-<preset>)")] = None,
+    ray: Annotated[str, typer.Option(help="'off' (cells in this process), 'local' (a local Ray instance) or the "
+                                          "address of a Ray cluster")] = "off",
+    only: Annotated[str | None, typer.Option(help="comma-separated cell ids to run")] = None,
+) -> None:
+    """Run a grid of runs (resumable), collect results.sqlite, render report.md and report.html."""
+    from advml.bench import load_spec, run_bench
+
+    s = load_spec(spec)
+    folder = run_bench(s, preset, out or Path("runs/bench") / f"{s.name}-{preset}", ray=ray,
+                       only=only.split(",") if only else None)
+    typer.echo((folder / "report.md").read_text())
+    typer.echo(f"wrote {folder / 'report.html'}")
+
+
+@app.command()
+@_errors
+def report(folder: Annotated[Path, typer.Argument(help="a bench folder holding results.sqlite")]) -> None:
+    """Re-render report.md and report.html of a bench from its results table alone."""
+    from advml.bench import render_report
+
+    md, page = render_report(folder)
+    typer.echo(md.read_text())
+    typer.echo(f"wrote {page}")
+
+
 def main() -> None:
     """Entry point of the `advml` command."""
     app()

@@ -215,8 +215,8 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
         "history": history,
     })
     metrics = {k: metrics[k] for k in ("clean_acc", "asr")} | metrics
-    write_json(out / "metrics.json", metrics)
     write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)
 
 
@@ -235,6 +235,6 @@ def run_detect(settings: BackdoorRunSettings, sd: SDSettings, out: str | Path, *
                         progress=settings.train.progress, checkpoint_dir=out / "checkpoints", resume=resume)
     metrics = {**_split_outputs(out, split, poisoned, attack.name), "poison_count": int(poisoned.poison_flags.sum()),
                "train_size": len(poisoned)}
-    write_json(out / "metrics.json", metrics)
     write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)

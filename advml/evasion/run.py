@@ -147,9 +147,9 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
     }
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
-    write_json(out / "metrics.json", metrics)
-    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
     heatmap(success_at, out / "success.png", f"{settings.method} from {settings.surrogate}")
+    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
 
 

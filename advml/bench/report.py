@@ -1,0 +1,121 @@
+"""Render a bench's report (markdown + a self-contained HTML page) from its results table alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from advml.bench.spec import BenchSpec, Table
+from advml.bench.store import ResultStore
+from advml.utils.io import write_text_atomic
+
+MISSING = "n/a"  # a cell of the grid that has not finished
+ABSENT = "—"  # a finished cell without that metric (e.g. white-box success against the surrogate itself)
+
+
+def _lookup(metrics: dict[str, Any], path: str) -> Any:
+    node: Any = metrics
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ABSENT
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
+
+
+def _label(params: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
+    return tuple(params.get(k) for k in keys)
+
+
+def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The table of the spec's layout: (header, body); every grid row/column combination appears once."""
+    t: Table = spec.table
+    cells = spec.cells(preset)
+    row_keys = list(dict.fromkeys(_label(c.params, t.rows) for c in cells))
+    col_keys = list(dict.fromkeys(_label(c.params, t.columns) for c in cells))
+    by_label = {(_label(r["params"], t.rows), _label(r["params"], t.columns)): r["metrics"] for r in rows}
+    # '.*' paths expand to the union of the keys found in that column's finished cells
+    columns: list[tuple[tuple[Any, ...], str, str]] = []  # (column key, metric path, label)
+    for ck in col_keys:
+        for path, label in t.values.items():
+            if path.endswith(".*"):
+                base = path[:-2]
+                keys: dict[str, None] = {}
+                for rk in row_keys:
+                    found = _lookup(by_label.get((rk, ck), {}), base)
+                    keys.update(dict.fromkeys(found if isinstance(found, dict) else []))
+                models = spec.models_at(preset)
+                if models:  # keep the zoo's order
+                    keys = dict.fromkeys([m for m in models if m in keys] + list(keys))
+                columns += [(ck, f"{base}.{k}", k) for k in keys]
+            else:
+                columns.append((ck, path, label))
+    header = [" / ".join(t.rows)] + [" ".join([*map(str, ck), label]).strip() for ck, _, label in columns]
+    body = []
+    for rk in row_keys:
+        line = [" / ".join(map(str, rk))]
+        for ck, path, _ in columns:
+            metrics = by_label.get((rk, ck))
+            line.append(MISSING if metrics is None else _fmt(_lookup(metrics, path)))
+        body.append(line)
+    return header, body
+
+
+def _markdown(title: str, header: list[str], body: list[list[str]]) -> str:
+    lines = [f"| {' | '.join(header)} |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+    lines += [f"| {' | '.join(r)} |" for r in body]
+    return f"## {title}\n\n" + "\n".join(lines) + "\n"
+
+
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def render_report(folder: str | Path) -> tuple[Path, Path]:
+    """Write report.md and report.html into `folder` from its results.sqlite; returns both paths."""
+    folder = Path(folder)
+    store = ResultStore(folder / "results.sqlite", create=False)
+    try:
+        spec = BenchSpec.model_validate(store.meta("spec"))
+        preset = store.meta("preset")
+        rows = store.rows()
+        figures = store.figures()
+    finally:
+        store.close()
+    header, body = build_table(spec, preset, rows)
+    title = spec.title or spec.name
+    versions = sorted({r["code_version"] for r in rows})
+    seconds = sum(r["seconds"] or 0 for r in rows)
+    done = f"{len(rows)} of {len(spec.cells(preset))} cells finished; {seconds / 60:.1f} min of cell time; " \
+           f"code {', '.join(versions) or 'n/a'}; preset {preset}"
+    md = f"# {title}\n\n{done}\n\n" + _markdown(spec.name, header, body)
+    if figures:
+        md += "\n## Figures\n\n" + "".join(f"- `cells/{cid}/{name}`\n" for cid, fs in figures.items() for name in fs)
+    imgs = "".join(
+        f'<figure><img alt="{html.escape(cid)} {html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(cid)}: {html.escape(name)}</figcaption>'
+        f"</figure>" for cid, fs in figures.items() for name, png in fs.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #999;padding:3px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
+figure{{display:inline-block;margin:8px}} img{{max-width:420px}}</style></head>
+<body><h1>{html.escape(title)}</h1><p>{html.escape(done)}</p>
+<h2>{html.escape(spec.name)}</h2>{_html_table(header, body)}
+<h2>Figures</h2><div class="figures">{imgs or "<p>none</p>"}</div></body></html>
+"""
+    md_path, html_path = folder / "report.md", folder / "report.html"
+    write_text_atomic(md_path, md)
+    write_text_atomic(html_path, page)
+    return md_path, html_path

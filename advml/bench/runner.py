@@ -1,0 +1,161 @@
+"""`run_bench(spec, preset, out)`: run every unfinished cell of a grid (in-process or as Ray tasks), record
+each finished cell in the results table, and render the report. A killed bench resumes: finished cells are
+never re-run, an unfinished backdoor cell continues from its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from advml.bench.spec import BenchSpec, Cell, Scale
+from advml.bench.store import ResultStore, code_version
+from advml.config import dump_yaml, load_yaml, validate
+from advml.errors import ConfigError
+from advml.utils.io import write_text_atomic
+
+def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
+    """A cell's complete, validated run settings (so a bad grid fails before any work starts)."""
+    data = cell.settings(spec, preset)
+    if spec.kind == "backdoor":
+        from advml.run import load_settings
+
+        return load_settings(None, data, preset=spec.scale(preset).preset).model_dump(mode="json")
+    from advml.evasion.run import TransferSettings
+
+    return validate(TransferSettings, data, cell.id).model_dump(mode="json")
+
+
+def run_cell(kind: str, settings: dict[str, Any], folder: str, threads: int | None = None) -> dict[str, Any]:
+    """Run one cell into `folder` (the same code as the CLI); returns its metrics. Ray runs this remotely."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder_path = Path(folder)
+    if kind == "backdoor":
+        from advml.run import BackdoorRunSettings, run_backdoor
+
+        s = validate(BackdoorRunSettings, settings)
+        return run_backdoor(s, folder_path, resume=folder_path.is_dir()).metrics
+    from advml.evasion.run import TransferSettings, run_transfer
+
+    return run_transfer(validate(TransferSettings, settings), folder_path, overwrite=True)
+
+
+def _finished(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file()  # runs write it last
+
+
+def _clear_partial(folder: Path) -> None:
+    """Remove temp files a killed run left behind (atomic writes never expose them; they are only litter)."""
+    for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
+        tmp.unlink()
+
+
+def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], version: str) -> None:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = load_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    timing = folder / "timing.json"
+    seconds = json.loads(timing.read_text()).get("seconds") if timing.is_file() else metrics.get("seconds")
+    pngs = {name: (folder / name).read_bytes() for name in figures if (folder / name).is_file()}
+    store.add(cell.id, cell.params, config, metrics, seconds, pngs, version)
+
+
+def _local(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callable[[Cell, Path], None],
+           progress: bool) -> None:
+    for cell, settings, folder in tqdm(jobs, desc="cells", disable=not progress):
+        _clear_partial(folder)
+        run_cell(kind, settings, str(folder))
+        done(cell, folder)
+
+
+def _ray(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callable[[Cell, Path], None],
+         progress: bool, scale: Scale, address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("Ray is not installed: pip install 'advml[ray]', or run with --ray off") from None
+    if not ray.is_initialized():
+        # workers import advml from this checkout: put it on their path (a cluster needs it installed)
+        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)}}
+        ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=progress,
+                 **({"num_cpus": os.cpu_count()} if address is None else {}))
+    for _, _, folder in jobs:
+        _clear_partial(folder)
+    task = ray.remote(run_cell).options(num_cpus=scale.cpus, num_gpus=scale.gpus, max_retries=0)
+    pending = {task.remote(kind, s, str(f), max(1, int(scale.cpus))): (c, f) for c, s, f in jobs}
+    bar = tqdm(total=len(pending), desc="cells (ray)", disable=not progress)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        cell, folder = pending.pop(ready[0])
+        ray.get(ready[0])  # re-raises the cell's error
+        done(cell, folder)
+        bar.update()
+    bar.close()
+
+
+def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None = "off",
+              progress: bool = True, only: list[str] | None = None) -> Path:
+    """Run the spec's grid at `preset` into `out` (cells/<id>/, results.sqlite, report.md, report.html).
+
+    `ray`: 'off' runs cells one after the other in this process; 'local' starts a local Ray instance; any
+    other value is the address of a running Ray cluster."""
+    from advml.bench.report import render_report
+
+    scale = spec.scale(preset)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a folder")
+    cells = spec.cells(preset)
+    if only:
+        unknown = set(only) - {c.id for c in cells}
+        if unknown:
+            raise ConfigError(f"no cells {sorted(unknown)} in {spec.name}")
+        cells = [c for c in cells if c.id in only]
+    settings = {c.id: cell_settings(spec, preset, c) for c in cells}  # validate everything first
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "spec.yaml"
+    record = {"spec": spec.model_dump(mode="json"), "preset": preset}
+    if previous.is_file() and load_yaml(previous) != record:
+        raise ConfigError(f"{out} holds a bench of another spec or preset; use a new --out")
+    if not previous.is_file():
+        write_text_atomic(previous, dump_yaml(record))
+    store = ResultStore(out / "results.sqlite")
+    store.set_meta("spec", record["spec"])
+    store.set_meta("preset", preset)
+    version = code_version()
+    recorded = store.ids()
+    jobs = []
+    for c in cells:
+        folder = out / "cells" / c.id
+        if _finished(folder):
+            if c.id not in recorded:  # finished before a kill, not yet recorded
+                _record(store, c, folder, spec.table.figures, version)
+        else:
+            jobs.append((c, settings[c.id], folder))
+
+    def done(cell: Cell, folder: Path) -> None:
+        _record(store, cell, folder, spec.table.figures, version)
+
+    start = time.perf_counter()
+    try:
+        if not jobs:
+            pass
+        elif ray in (None, "off"):
+            _local(jobs, spec.kind, done, progress)
+        else:
+            _ray(jobs, spec.kind, done, progress, scale, None if ray == "local" else ray)
+    finally:
+        store.close()
+    if progress and jobs:
+        print(f"{len(jobs)} cell(s) run in {time.perf_counter() - start:.0f} s; "
+              f"{len(cells) - len(jobs)} reused", flush=True)
+    render_report(out)
+    return out

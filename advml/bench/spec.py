@@ -1,0 +1,119 @@
+"""Bench specs: a grid of runs (backdoor or transfer) with per-scale presets and the layout of its table."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from advml.config import Settings, deep_merge, load_yaml, validate
+from advml.errors import ConfigError
+
+
+class Scale(Settings):
+    """One preset of a spec (smoke, cpu, paper): settings under every cell and what a cell may request."""
+
+    preset: str | None = Field(None, description="a packaged run preset (`advml presets`) under `settings`")
+    settings: dict[str, Any] = Field(default_factory=dict, description="run settings shared by every cell")
+    cpus: float = Field(1, gt=0, description="CPUs a cell requests from Ray")
+    gpus: float = Field(0, ge=0, description="GPUs a cell requests from Ray")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="grid keys replaced at this scale")
+    models: list[str] | None = Field(None, description="transfer: the zoo at this scale (default: the spec's)")
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="'key=value' -> settings for "
+                                                 "the cells with that grid value, e.g. 'attack.name=badnets'")
+    hours: float | None = Field(None, ge=0, description="expected wall hours of the whole grid (documentation)")
+
+
+class Table(Settings):
+    """How cells become a table: row and column keys (grid keys) and the metrics shown in each cell."""
+
+    rows: list[str]
+    columns: list[str] = Field(default_factory=list)
+    values: dict[str, str] = Field(description="metric path -> column label; a path ending in '.*' expands to "
+                                               "every key of that metric mapping")
+    figures: list[str] = Field(default_factory=list, description="PNG files of a cell folder to show")
+
+
+class BenchSpec(Settings):
+    """A grid of runs and its table (`configs/seed/*.yaml`)."""
+
+    name: str
+    title: str = ""
+    kind: Literal["backdoor", "transfer"]
+    grid: dict[str, list[Any]] = Field(description="dotted setting -> values; the cells are their product")
+    models: list[str] | None = Field(None, description="transfer: the zoo; each cell's targets are the models "
+                                                       "other than its surrogate")
+    presets: dict[str, Scale]
+    table: Table
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not v or any(not values for values in v.values()):
+            raise ConfigError("the grid needs at least one key, each with at least one value")
+        return v
+
+    def scale(self, preset: str) -> Scale:
+        """The named preset, or a clear error listing the spec's presets."""
+        if preset not in self.presets:
+            raise ConfigError(f"spec {self.name!r} has no preset {preset!r}; valid: {', '.join(self.presets)}")
+        return self.presets[preset]
+
+    def cells(self, preset: str) -> list[Cell]:
+        """Every combination of the grid's values at `preset`, in grid order."""
+        grid = {**self.grid, **self.scale(preset).grid}
+        if any(not values for values in grid.values()):
+            raise ConfigError(f"preset {preset!r} leaves a grid key without values")
+        keys = list(grid)
+        return [Cell(dict(zip(keys, values))) for values in itertools.product(*grid.values())]
+
+    def models_at(self, preset: str) -> list[str] | None:
+        """The transfer zoo at `preset`."""
+        return self.scale(preset).models or self.models
+
+
+class Cell:
+    """One grid point: its parameters, a stable folder name, and its run settings."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    @property
+    def id(self) -> str:
+        """A readable, filesystem-safe, unique name: values joined, plus a short hash of the parameters."""
+        words = "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", str(v)) for v in self.params.values())
+        digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:6]
+        return f"{words}-{digest}"
+
+    def overrides(self) -> dict[str, Any]:
+        """The parameters as a nested settings mapping ('attack.name': x -> {'attack': {'name': x}})."""
+        out: dict[str, Any] = {}
+        for key, value in self.params.items():
+            node = out
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return out
+
+    def settings(self, spec: BenchSpec, preset: str) -> dict[str, Any]:
+        """The cell's run settings: the preset's shared settings under the cell's own parameters."""
+        scale = spec.scale(preset)
+        data = dict(scale.settings)
+        for key, value in self.params.items():
+            data = deep_merge(data, scale.overrides.get(f"{key}={value}", {}))
+        data = deep_merge(data, self.overrides())
+        models = spec.models_at(preset)
+        if spec.kind == "transfer" and models is not None and "targets" not in self.params:
+            data["targets"] = [m for m in models if m != data.get("surrogate")]
+        return data
+
+
+def load_spec(path: str | Path) -> BenchSpec:
+    """A spec file, validated (unknown keys get the closest valid one suggested)."""
+    return validate(BenchSpec, load_yaml(path), str(path))

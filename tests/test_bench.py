@@ -1,0 +1,175 @@
+"""The bench runner: seed specs at smoke scale, resumability after SIGKILL, reports from the results table alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from advml.bench import load_spec, render_report, run_bench
+from advml.bench.report import MISSING, build_table
+from advml.bench.store import ResultStore
+from advml.errors import ConfigError, DataError
+
+SEED = Path(__file__).parents[1] / "configs" / "seed"
+SPECS = ["table1_issba", "table2_defense", "table3_rap"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _table(folder: Path) -> tuple[list[str], list[list[str]]]:
+    store = ResultStore(folder / "results.sqlite", create=False)
+    try:
+        spec = load_spec_from_store(store)
+        return build_table(spec, store.meta("preset"), store.rows())
+    finally:
+        store.close()
+
+
+def load_spec_from_store(store: ResultStore):
+    from advml.bench.spec import BenchSpec
+
+    return BenchSpec.model_validate(store.meta("spec"))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_seed_specs_are_valid_with_three_scales(name):
+    spec = load_spec(SEED / f"{name}.yaml")
+    assert {"smoke", "cpu", "paper"} <= set(spec.presets)
+    for preset in spec.presets:
+        assert spec.cells(preset), preset
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,shape", [("table1_issba", (4, 5)), ("table3_rap", (3, 3)),
+                                        ("table2_defense", (2, 11))])
+def test_smoke_tables_have_their_shape_and_no_missing_cell(name, shape, tmp_path, cache):
+    out = run_bench(load_spec(SEED / f"{name}.yaml"), "smoke", tmp_path / name, progress=False)
+    header, body = _table(out)
+    assert (len(body), len(header)) == shape
+    assert all(MISSING not in row for row in body)
+    md = (out / "report.md").read_text()
+    assert md.count("\n| ") == shape[0] + 2  # header, rule and rows
+    assert f"{shape[0]} of {shape[0] * (1 if name != 'table2_defense' else 5)} cells finished" in md
+    if name == "table1_issba":  # BA of standard training and ISSBA's PSNR land in their columns
+        row = {r[0]: r for r in body}
+        assert header[1:] == ["BA", "ASR", "PSNR (dB)", "l-inf"]
+        assert row["none"][2] == "—" and float(row["issba"][3]) > 20
+
+
+def test_a_killed_bench_resumes_without_rerunning_finished_cells(tmp_path, cache):
+    spec = SEED / "table3_rap.yaml"
+    out = tmp_path / "bench"
+    env = {**os.environ, "ADVML_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "advml", "bench", str(spec), "--preset", "smoke", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("cells/*/metrics.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill as soon as the first cell has finished
+    proc.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.json")}
+    assert 1 <= len(finished) < 3, finished
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.json")}
+    assert len(after) == 3 and all(after[k] == v for k, v in finished.items())  # not re-run
+    header, body = _table(out)
+    assert len(body) == 3 and all(MISSING not in r for r in body)
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 3
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_report_renders_from_the_results_table_alone(tmp_path, cache):
+    out = run_bench(load_spec(SEED / "table3_rap.yaml"), "smoke", tmp_path / "b", progress=False)
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    shutil.rmtree(out / "cells")  # the run folders are gone: the table must be enough
+    (out / "report.md").unlink()
+    (out / "report.html").unlink()
+    render_report(out)
+    assert (out / "report.md").read_text() == md and (out / "report.html").read_text() == html
+    assert html.count("data:image/png;base64,") == 3  # the heat-maps travel inside the page
+    assert "code 0.1.0" in md
+
+
+def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp_path, cache):
+    spec = load_spec(SEED / "table3_rap.yaml")
+    first = spec.cells("smoke")[0].id
+    out = run_bench(spec, "smoke", tmp_path / "b", progress=False, only=[first])
+    header, body = _table(out)
+    assert [r.count(MISSING) for r in body] == [0, 2, 2]
+    with pytest.raises(ConfigError, match="no preset 'huge'.*smoke, cpu, paper"):
+        run_bench(spec, "huge", tmp_path / "c")
+    bad = spec.model_copy(update={"grid": {**spec.grid, "method": ["mi-ti-dj"]}})
+    with pytest.raises(ConfigError, match="mi-ti-dj|dj"):
+        run_bench(bad, "cpu", tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(ConfigError, match="another spec or preset"):
+        run_bench(spec, "cpu", out)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="existing file"):
+        run_bench(spec, "smoke", tmp_path / "file")
+    with pytest.raises(DataError, match="no results table"):
+        render_report(tmp_path / "nothing")
+
+
+def test_spec_errors_name_the_key(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nkind: backdoor\ngrid: {attack.name: [badnets]}\npresets: {smoke: {}}\n"
+                    "table: {rows: [attack.name], values: {clean_acc: ACC}}\ntitel: typo\n")
+    with pytest.raises(ConfigError, match="titel.*did you mean 'title'"):
+        load_spec(path)
+    path.write_text("name: x\nkind: backdoor\ngrid: {attack.name: []}\npresets: {smoke: {}}\n"
+                    "table: {rows: [attack.name], values: {clean_acc: ACC}}\n")
+    with pytest.raises(ConfigError, match="at least one value"):
+        load_spec(path)
+
+
+def test_cell_settings_merge_preset_overrides_and_grid_values():
+    spec = load_spec(SEED / "table1_issba.yaml")
+    cells = {c.params["attack.name"]: c for c in spec.cells("paper")}
+    assert cells["badnets"].settings(spec, "paper")["attack"] == {"name": "badnets", "size": 21}
+    assert cells["blend_kitty"].settings(spec, "paper")["attack"] == {"name": "blend_kitty"}
+    t3 = load_spec(SEED / "table3_rap.yaml")
+    c = t3.cells("cpu")[0]
+    assert c.settings(t3, "cpu")["targets"] == ["cnn_small", "vgg16_bn", "mobilenet_v2"]
+    assert len({c.id for c in t3.cells("cpu")}) == len(t3.cells("cpu")) == 18
+
+
+@pytest.mark.slow
+def test_ray_runs_cells_as_tasks_with_the_same_results(tmp_path, cache):
+    ray = pytest.importorskip("ray")
+    spec = load_spec(SEED / "table3_rap.yaml")
+    local = run_bench(spec, "smoke", tmp_path / "local", progress=False)
+    try:
+        remote = run_bench(spec, "smoke", tmp_path / "ray", progress=False, ray="local")
+    finally:
+        ray.shutdown()
+    for cell in spec.cells("smoke"):
+        a = json.loads((local / "cells" / cell.id / "metrics.json").read_text())
+        b = json.loads((remote / "cells" / cell.id / "metrics.json").read_text())
+        assert a == b
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="Debian's chromium is not installed")
+def test_html_report_opens_in_headless_chromium(tmp_path, cache):
+    out = run_bench(load_spec(SEED / "table3_rap.yaml"), "smoke", tmp_path / "b", progress=False)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('<table class="results">') == 1 and dom.count("<img") == 3
+    assert dom.count("<tr>") == 1 + 3
