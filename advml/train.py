@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.distributed as dist
 from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -65,11 +66,16 @@ def cross_entropy(model: nn.Module, batch: Batch) -> Tensor:
     return F.cross_entropy(model(batch.x), batch.y)
 
 
-def standard_augment(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Per-image random crop with zero padding and random horizontal flip, for a whole batch at once."""
+def standard_augment(x: Tensor, generator: torch.Generator, padding: int = 4, *, draws: int | None = None,
+                     offset: int = 0) -> Tensor:
+    """Per-image random crop with zero padding and random horizontal flip, for a whole batch at once.
+
+    `draws`/`offset`: draw the parameters of a `draws`-image batch and use images offset.. of them (a DDP rank's
+    share of the global batch, so every rank's generator stays in step)."""
     n, _, h, w = x.shape
-    off = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    total = draws if draws is not None else n
+    off = torch.randint(0, 2 * padding + 1, (2, total), generator=generator)[:, offset:offset + n].to(x.device)
+    flip = (torch.rand(total, generator=generator) < 0.5)[offset:offset + n].to(x.device)
     xp = F.pad(x, (padding,) * 4)
     rows = off[0, :, None] + torch.arange(h, device=x.device)
     cols = off[1, :, None] + torch.arange(w, device=x.device)
@@ -93,6 +99,10 @@ class _BatchView(torch.utils.data.Dataset):
         return x, y, index
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class Trainer:
     """Trains `model` on an ImageDataset; `fit` evaluates accuracy on named sets after every epoch."""
 
@@ -101,6 +111,8 @@ class Trainer:
                  checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
         self.config = config or TrainConfig()
         self.device = resolve_device(self.config.device)
+        if self.device.type == "cuda" and _distributed():  # torchrun: one GPU per process
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
         self.seed = seed
@@ -113,6 +125,19 @@ class Trainer:
         else:
             self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
         self.generator = torch.Generator().manual_seed(seed)
+        # torchrun / torch.distributed: every rank takes its contiguous share of each global batch, DDP averages
+        # the gradients, rank 0 alone writes checkpoints
+        self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if _distributed() else (1, 0)
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            if self.config.batch_size % self.world:
+                raise ConfigError(f"batch_size {self.config.batch_size} must be a multiple of the {self.world} "
+                                  "distributed processes")
+            if loss_fn is not cross_entropy:
+                raise ConfigError("distributed training runs the plain cross-entropy loss only (custom losses "
+                                  "may call sub-modules that DDP does not synchronise)")
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
 
@@ -176,7 +201,11 @@ class Trainer:
     # --- loop -----------------------------------------------------------------------------------------
     def _batches(self, data: ImageDataset) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
         perm = torch.randperm(len(data), generator=self.generator).tolist()
-        chunks = [perm[i:i + self.config.batch_size] for i in range(0, len(perm), self.config.batch_size)]
+        b = self.config.batch_size
+        chunks = [perm[i:i + b] for i in range(0, len(perm), b)]
+        if self.world > 1:  # equal steps on every rank: the last partial global batch is dropped
+            share = b // self.world
+            chunks = [c[self.rank * share:(self.rank + 1) * share] for c in chunks if len(c) == b]
         if self.config.num_workers == 0:
             return (_BatchView(data)[c] for c in chunks)
         return torch.utils.data.DataLoader(_BatchView(data), sampler=chunks, batch_size=None,
@@ -194,13 +223,13 @@ class Trainer:
         total, count = 0.0, 0
         autocast = c.amp and dev.type == "cuda"
         bar = tqdm(self._batches(data), total=math.ceil(len(data) / c.batch_size), leave=False,
-                   disable=not c.progress, desc=f"epoch {self.epoch + 1}/{c.epochs}")
+                   disable=not c.progress or self.rank > 0, desc=f"epoch {self.epoch + 1}/{c.epochs}")
         for x, y, idx in bar:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if c.augment == "standard":
-                x = standard_augment(x, self.generator)
+                x = standard_augment(x, self.generator, draws=len(x) * self.world, offset=len(x) * self.rank)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = loss_fn(self.model, Batch(x, y, idx))
+                loss = loss_fn(self.net, Batch(x, y, idx))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {self.epoch + 1}; lower the lr")
             self.optimizer.zero_grad(set_to_none=True)
@@ -246,14 +275,16 @@ class Trainer:
                 record["select"] = score = float(select(record))
                 if best is None or score > best[0]:
                     best = (score, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
-                    if best_path is not None:
+                    if best_path is not None and self.rank == 0:
                         save_tensors(best_path, best[1], {"score": repr(score), "epoch": str(self.epoch + 1)})
             self.epoch += 1
             self.history.append(record)
             epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items()
                                 if k not in {"epoch", "lr"} and isinstance(v, float)})
-            if ckpt is not None:
+            if ckpt is not None and self.rank == 0:
                 self.save_checkpoint(ckpt)
+            if self.world > 1:
+                dist.barrier()  # no rank runs ahead of the checkpoint
         if best is not None and self.epoch >= self.config.epochs:
             self.model.load_state_dict(best[1])
         return self.history
