@@ -24,7 +24,7 @@ def _errors(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             fn(*args, **kwargs)
         except AdvmlError as e:
-            typer.echo(f"advml: error: {e}", err=True)
+            typer.echo("advml: error: " + str(e).replace("\n", " "), err=True)  # one line, whatever the text
             raise typer.Exit(2) from None
 
     return wrapper

@@ -21,8 +21,8 @@ from advml.metrics import accuracy, attack_success_rate, stealth
 from advml.models import build_model
 from advml.registry import Registry
 from advml.train import TrainConfig, Trainer
-from advml.utils.io import save_tensors, write_json, write_text_atomic
-from advml.utils.runtime import seed_everything
+from advml.utils.io import remove_stale_temps, save_tensors, write_json, write_text_atomic
+from advml.utils.runtime import resolve_device, seed_everything
 
 METRIC_KEYS = ("clean_acc", "asr", "psnr", "linf", "ssim")
 STEALTH_SAMPLE = 1000  # poisoned images used for PSNR / l-inf / SSIM
@@ -45,6 +45,20 @@ class BackdoorRunSettings(Settings):
                                     description="a defense name, or {name: ..., settings}")
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = 0
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        from advml.models import MODELS
+
+        MODELS.get(v)  # an unknown name fails here, with the closest registered name
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _device(cls, v: TrainConfig) -> TrainConfig:
+        resolve_device(v.device)  # 'tpu9' or an absent CUDA fails before any work
+        return v
 
     @field_validator("attack")
     @classmethod
@@ -117,6 +131,8 @@ def prepare_out(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
         raise ConfigError(f"--out {out} already holds files; pass --resume to continue that run "
                           "or --overwrite to replace it")
+    if resume:
+        remove_stale_temps(out)  # what a killed writer left; never read, only cleared
     return out
 
 
@@ -131,6 +147,8 @@ def _setup(settings: BackdoorRunSettings, out: Path, resume: bool) -> tuple[Any,
                         test_size=settings.test_size, seed=settings.seed, download=settings.download)
     attack = build_attack(settings.attack)
     poisoned = attack.poison(data.train, seed=settings.seed)
+    with torch.random.fork_rng(devices=[]):  # leaves the seeded RNG as it was
+        _model_factory(settings, data)()  # the model's options and --init-weights fail here, before any write
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
     return data, attack, poisoned, attack.backdoor_test_set(data.test)

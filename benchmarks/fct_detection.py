@@ -22,7 +22,7 @@ from advml.backdoor.defenses.fct import fct_scores
 from advml.backdoor.defenses.sd import SDSettings, split_by_score, train_sd_model
 from advml.data import load_dataset
 from advml.models import build_model
-from advml.utils.io import load_tensors, save_tensors
+from advml.utils.io import load_tensors, save_tensors, write_text_atomic
 
 
 def _ints(s: str) -> list[int]:
@@ -65,7 +65,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.json").write_text(json.dumps(rows, indent=1))
+    write_text_atomic(out / "table.json", json.dumps(rows, indent=1))
     print("\n| attack | N | width | ft ep | draws | L2 norm | D_p precision | D_p recall | D_c poisoned |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -23,38 +23,6 @@ def test_registry_listings(cmd, expected):
     assert all("  " in line for line in r.output.strip().splitlines())  # one "name  description" line each
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "cifar11"], "unknown dataset 'cifar11'"),
-    (["--model", "resnet19"], "unknown model 'resnet19'"),
-    (["--attack", "badnet"], "did you mean 'badnets'"),
-    (["--rate", "0"], "attack.rate: Input should be greater than 0"),
-    (["--rate", "1.5"], "attack.rate: Input should be less than or equal to 1"),
-    (["--target", "10"], "target label 10 is outside [0, 10)"),
-    (["--train-size", "99999"], "only 2000"),
-    (["--set", "train.lrr=0.1"], "did you mean 'lr'"),
-    (["--set", "nokeyvalue"], "KEY=VALUE"),
-    (["--config", "missing.yaml"], "no such config file"),
-    (["--dataset", "npz:/nonexistent.npz"], "no such file"),
-])
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
-    out = tmp_path / "run"
-    r = runner.invoke(app, ["backdoor", "--out", str(out), "--epochs", "1", "--no-progress", *args])
-    assert r.exit_code == 2, r.output
-    assert message in r.output and "Traceback" not in r.output
-    assert not (out / "metrics.json").exists()
-
-
-def test_out_that_is_a_file_and_existing_runs(tmp_path):
-    f = tmp_path / "file"
-    f.write_text("x")
-    r = runner.invoke(app, ["backdoor", "--out", str(f)])
-    assert r.exit_code == 2 and "existing file" in r.output
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "metrics.json").write_text("{}")
-    r = runner.invoke(app, ["backdoor", "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2 and "--resume" in r.output
-
-
 def test_real_entry_point_exit_code(tmp_path):
     r = subprocess.run([*ADVML, "backdoor", "--out", str(tmp_path / "x"), "--rate", "2"], capture_output=True,
                        text=True)
@@ -96,22 +64,6 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
                        env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cut" / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
-
-
-def test_init_weights_refuses_a_planted_pickle(tmp_path):
-    import torch
-
-    planted = tmp_path / "pwned"
-
-    class Plant:
-        def __reduce__(self):
-            return (open, (str(planted), "w"))
-
-    torch.save({"w": Plant()}, tmp_path / "evil.pt")
-    r = runner.invoke(app, ["backdoor", "--out", str(tmp_path / "run"), "--init-weights", str(tmp_path / "evil.pt"),
-                            "--epochs", "1", "--no-progress"])
-    assert r.exit_code == 2 and "evil.pt" in r.output and "refused" in r.output
-    assert not planted.exists() and not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_init_weights_starts_from_given_weights(tmp_path):

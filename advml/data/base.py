@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from advml.errors import ConfigError, DataError, InputError
+from advml.utils.checks import check_labels, check_unit_range
 
 
 class ImageDataset(Dataset):
@@ -71,11 +72,12 @@ class TensorImageDataset(ImageDataset):
             raise DataError(f"images must be (N,C,H,W) with 1 or 3 channels, got shape {tuple(images.shape)}")
         if images.dtype != torch.uint8 and not images.is_floating_point():
             raise DataError(f"images must be uint8 or float, got {images.dtype}")
+        if images.is_floating_point():
+            check_unit_range(images, "float images", DataError)
         labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels).long().flatten()
         if labels.numel() != images.shape[0]:
             raise DataError(f"{images.shape[0]} images but {labels.numel()} labels")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
-            raise DataError(f"labels must lie in [0, {len(classes)}), got [{labels.min()}, {labels.max()}]")
+        check_labels(labels, len(classes), "labels", DataError)
         self.images = images.contiguous()
         self._labels = labels
         self.classes = list(classes)

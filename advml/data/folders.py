@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from advml.data.base import ImageDataset, TensorImageDataset
 from advml.data.registry import DATASETS, DatasetSplits
 from advml.errors import DataError
+from advml.utils.io import load_image
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GTSRB_MEAN, GTSRB_STD = (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669)
@@ -21,11 +21,7 @@ GTSRB_MEAN, GTSRB_STD = (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669)
 
 def _read_resized(path: str, size: int) -> Tensor:
     """One image file -> uint8 (3,size,size): resize the shorter side to `size`, then centre-crop."""
-    try:
-        with Image.open(path) as im:
-            t = TF.pil_to_tensor(im.convert("RGB"))
-    except OSError as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
+    t = torch.from_numpy(load_image(path)).permute(2, 0, 1)
     return TF.center_crop(TF.resize(t, [size], antialias=True), [size, size])
 
 

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from advml.data.base import TensorImageDataset
 from advml.errors import DataError
-from advml.utils.io import load_npz
+from advml.utils.io import decode_image, load_npz
 
 
 def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray, source: str = "") -> np.ndarray:
     """Decode concatenated JPEG files (image i = blob[offsets[i]:offsets[i+1]]) to uint8 (N,H,W,3)."""
-    if offsets.ndim != 1 or len(offsets) < 1 or offsets[-1] > len(blob) or np.any(np.diff(offsets) <= 0):
+    if blob.dtype != np.uint8 or blob.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise DataError(f"{source}: expected a uint8 byte vector and integer offsets, got {blob.dtype} "
+                        f"{tuple(blob.shape)} and {offsets.dtype}")
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] < 0 or offsets[-1] > len(blob) \
+            or np.any(np.diff(offsets) <= 0):
         raise DataError(f"{source}: inconsistent JPEG offsets")
     out = None
     for i in range(len(offsets) - 1):  # decoding is per file by nature; runs once at load time
-        try:
-            im = np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-        except OSError as e:
-            raise DataError(f"{source}: image {i} is not a readable JPEG ({e})") from None
+        im = decode_image(blob[offsets[i]:offsets[i + 1]].tobytes(), f"{source}: image {i}")
         if out is None:
             out = np.empty((len(offsets) - 1, *im.shape), dtype=np.uint8)
         if im.shape != out.shape[1:]:

@@ -93,4 +93,10 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, t
             setattr(splits, split, ds.subset(balanced_indices(ds.labels, size, ds.num_classes, gen)))
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise ConfigError(f"dataset {spec!r} has an empty split")
+    if name != "nips17":  # NIPS'17 is an evaluation set of 1,000 ImageNet classes, not a training set
+        counts = torch.bincount(splits.train.labels, minlength=splits.num_classes)
+        if bool((counts == 0).any()):
+            missing = [splits.classes[c] for c in (counts == 0).nonzero().flatten().tolist()]
+            raise DataError(f"dataset {spec!r}: {len(missing)} of {splits.num_classes} classes have no training "
+                            f"images (e.g. {missing[:3]}); every class must be in the training split")
     return splits

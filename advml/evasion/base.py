@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from advml.errors import ConfigError, InputError
-from advml.utils.checks import check_images
+from advml.utils.checks import check_images, check_labels
 
 
 class Method:
@@ -130,6 +130,8 @@ class IterativeAttack:
             if t is not None and (t.shape != images.shape[:1] or t.dtype not in (torch.int64, torch.int32)):
                 raise InputError(f"need one integer {name[:-1]} per image, got {tuple(t.shape)} {t.dtype} "
                                  f"for {images.shape[0]} images")
+            if t is not None and isinstance(getattr(self.model, "num_classes", None), int):
+                check_labels(t, self.model.num_classes, name)
         was_training = self.model.training
         self.model.eval()
         x = images.detach()

@@ -19,7 +19,7 @@ from advml.errors import ConfigError
 from advml.evasion.methods import compose, parse
 from advml.evasion.zoo import ZooSettings, zoo_model
 from advml.metrics import predict
-from advml.models import build_model, load_weights
+from advml.models import MODELS, build_model, load_weights
 from advml.run import prepare_out
 from advml.utils.io import atomic_path, write_json, write_text_atomic
 from advml.utils.runtime import resolve_device, seed_everything
@@ -55,6 +55,21 @@ class TransferSettings(Settings):
     @classmethod
     def _method(cls, v: str) -> str:
         parse(v)
+        return v
+
+    @field_validator("surrogate")
+    @classmethod
+    def _surrogate(cls, v: str) -> str:
+        MODELS.get(v)  # unknown names fail before any zoo model is trained
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one target model")
+        for name in v:
+            MODELS.get(name)
         return v
 
 

@@ -3,7 +3,6 @@ Trainer and cached as safetensors, so that transfer is measured on real models w
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from advml.data.registry import DatasetSplits
 from advml.metrics import accuracy
 from advml.models import ImageClassifier, build_model, load_weights
 from advml.train import TrainConfig, Trainer
-from advml.utils.io import save_tensors, write_json
+from advml.utils.io import load_json, save_tensors, write_json
 
 CACHE_ENV = "ADVML_CACHE_DIR"
 DEFAULT_ARCHS = ("resnet18_narrow", "cnn_small", "vgg16_bn", "mobilenet_v2")  # four families
@@ -53,8 +52,8 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
     c, h, _ = data.image_shape
     torch.manual_seed(settings.seed)
     model = build_model(arch, data.num_classes, image_size=h, in_channels=c, mean=data.mean, std=data.std)
-    if (folder / "model.safetensors").is_file():
-        return load_weights(model, folder / "model.safetensors").eval(), json.loads((folder / "info.json").read_text())
+    if (folder / "model.safetensors").is_file() and (folder / "info.json").is_file():  # model.safetensors: last
+        return load_weights(model, folder / "model.safetensors").eval(), load_json(folder / "info.json")
     if not train:
         raise FileNotFoundError(f"no zoo model {arch} for {data.name} in {folder}")
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
@@ -69,6 +68,6 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
     Trainer(model, config, seed=settings.seed, checkpoint_dir=folder / "checkpoints").fit(train_set, resume=True)
     info = {"arch": arch, "dataset": data.name, "clean_acc": accuracy(model, data.test),
             "settings": settings.model_dump()}
+    write_json(folder / "info.json", info)  # the model file is written last: it marks a finished entry
     save_tensors(folder / "model.safetensors", model.state_dict(), {"arch": arch})
-    write_json(folder / "info.json", info)
     return model.eval(), info

@@ -1,8 +1,12 @@
-"""Every read of weights, arrays and images and every atomic write goes through here.
+"""Every read of weights, checkpoints, arrays, images and JSON, and every atomic write, goes through here.
 
 Nothing is ever unpickled from a file: weights are safetensors (or `torch.load(weights_only=True)`),
-arrays are `.npz`/`.npy` read with `allow_pickle=False`, and the CIFAR python pickles are read with an
-unpickler that only admits NumPy array reconstruction.
+arrays are `.npz`/`.npy` read with `allow_pickle=False`, images go through PIL, and the CIFAR python
+pickles are read with an unpickler that only admits NumPy array reconstruction. Anything else is refused
+with an `UnsafeFileError` (or a `DataError` for an unreadable file) that names the file.
+
+Writes are atomic: a temporary file beside the target, fsync, then rename. A process killed mid-write
+leaves at most a `.<name>.*.tmp` file, which no reader opens (`remove_stale_temps` clears them on resume).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -42,6 +47,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # what atomic_path's mkstemp creates
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left under `folder`; return them."""
+    folder = Path(folder)
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file() and _TEMP_NAME.match(p.name)] if folder.is_dir() \
+        else []
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -79,22 +97,32 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load model weights from safetensors, or from a torch file with `weights_only=True`."""
     path = _existing(path)
     if path.suffix == ".safetensors":
-        return load_tensors(path)[0]
+        return _finite(path, load_tensors(path)[0])
     if path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            what = next((line.strip() for line in str(e).splitlines() if line.strip().startswith("Unsupported")), "")
             raise UnsafeFileError(
-                f"{path}: refused, it needs code execution to load (weights_only=True): {str(e).splitlines()[0]}"
-            ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-            raise DataError(f"{path}: not a readable torch file ({e})") from None
+                f"{path}: refused, loading it would run code from the file (read with weights_only=True"
+                + (f"; {what}" if what else "") + "); save the weights as .safetensors") from None
+        except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: not a readable torch file ({str(e).splitlines()[0] if str(e) else e!r})") \
+                from None
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise DataError(f"{path}: expected a mapping of parameter names to tensors")
-        return dict(obj)
-    raise UnsafeFileError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors (or .pt/.pth)")
+        return _finite(path, dict(obj))
+    raise UnsafeFileError(f"{path}: unsupported weights format {path.suffix!r} (not read); use .safetensors "
+                          "(or a .pt/.pth file, read with weights_only=True)")
+
+
+def _finite(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise DataError(f"{path}: {len(bad)} tensors hold NaN or inf values (e.g. {bad[0]!r})")
+    return state
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -116,14 +144,32 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
     """Read an image file as a uint8 HWC array (HW for mode 'L')."""
+    path = _existing(path)
+    return _decode(path, str(path), mode)
+
+
+def decode_image(data: bytes, source: str, mode: str = "RGB") -> np.ndarray:
+    """Decode an image file's bytes (e.g. one JPEG of a blob) as a uint8 HWC array; `source` names it in errors."""
+    return _decode(io.BytesIO(data), source, mode)
+
+
+def _decode(file: Any, source: str, mode: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(file) as im:
+            return np.asarray(im.convert(mode)).copy()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{source}: not a readable image ({e})") from None
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file (data only, no code); a truncated or invalid one is a DataError naming it."""
     path = _existing(path)
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode)).copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable JSON file ({e})") from None
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

@@ -20,6 +20,7 @@ from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
 from advml.metrics import detection
 from advml.train import Batch, TrainConfig, Trainer
+from advml.utils.io import atomic_path
 
 
 class SDSettings(Settings):
@@ -173,8 +174,8 @@ def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
