@@ -398,11 +398,12 @@ def markdown_table() -> str:
     rows = ["| # | bad input | error | message (fragment asserted) |", "|---:|---|---|---|"]
     for i, c in enumerate(CASES, 1):
         rows.append(f"| {i} | `{c.input}` | {c.error.__name__} | {c.fragment.format(f='…')} |")
+    for j, (carrier, name, via, error, fragment) in enumerate(UNTRUSTED, len(CASES) + 1):
+        rows.append(f"| {j} | planted pickle ({carrier}) `{name}` via `{via}` | {error.__name__} | "
+                    f"<file>: {fragment}; the planted file is not created |")
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    print(markdown_table())
 
 
 # --- untrusted files: a planted pickle never runs, whatever path it comes in by ------------------------------
@@ -481,3 +482,7 @@ def test_a_planted_pickle_never_runs(carrier, name, via, error, fragment, files,
     assert str(evil) in message and fragment in message, message
     assert not planted.exists()
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from advml.errors import ConfigError, InputError
+from advml.errors import ConfigError, DataError, InputError
 from advml.utils.checks import check_images
 from advml.utils.io import load_image
 
@@ -126,6 +126,11 @@ def _image_tensor(path: str | os.PathLike[str]) -> Tensor:
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.size == 0:
+        raise DataError(f"trigger file {path} must hold an (H, W), (H, W, 1) or (H, W, 3) image, "
+                        f"got shape {arr.shape}")
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"trigger file {path} must hold uint8 pixels or floats in [0, 1], got {arr.dtype}")
     t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 

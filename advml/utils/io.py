@@ -17,7 +17,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from advml.errors import DataError, UnsafeFileError
@@ -88,7 +87,7 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         with safe_open(str(path), framework="pt") as f:  # one open for tensors and metadata
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+    except Exception as e:  # SafetensorError, OSError, ValueError, ...: the file is damaged, whatever the parser says
         raise DataError(f"{path}: not a readable safetensors file ({e})") from None
     return tensors, meta
 
@@ -106,7 +105,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise UnsafeFileError(
                 f"{path}: refused, loading it would run code from the file (read with weights_only=True"
                 + (f"; {what}" if what else "") + "); save the weights as .safetensors") from None
-        except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        except Exception as e:  # RuntimeError, EOFError, BadZipFile...: a damaged or foreign file
             raise DataError(f"{path}: not a readable torch file ({str(e).splitlines()[0] if str(e) else e!r})") \
                 from None
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
@@ -138,8 +137,9 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
             raise UnsafeFileError(f"{path}: refused, it holds pickled objects") from None
         raise DataError(f"{path}: not a readable NumPy file ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable NumPy file ({e})") from None
+    except Exception as e:  # whatever the zip and .npy parsers raise on damaged bytes (BadZipFile, EOFError,
+        # NotImplementedError for a corrupt zip version, zlib.error, MemoryError for a corrupt shape, ...)
+        raise DataError(f"{path}: not a readable NumPy file ({type(e).__name__}: {e})") from None
 
 
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
@@ -161,6 +161,8 @@ def _decode(file: Any, source: str, mode: str) -> np.ndarray:
             return np.asarray(im.convert(mode)).copy()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{source}: not a readable image ({e})") from None
+    except Exception as e:  # PIL's decoders raise SyntaxError, struct.error, IndexError... on damaged bytes
+        raise DataError(f"{source}: not a readable image ({type(e).__name__}: {e})") from None
 
 
 def load_json(path: str | os.PathLike[str]) -> Any:
