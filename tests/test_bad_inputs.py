@@ -9,6 +9,7 @@ load). `python tests/test_bad_inputs.py` prints the table of inputs and messages
 from __future__ import annotations
 
 import pickle
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,6 +483,20 @@ def test_a_planted_pickle_never_runs(carrier, name, via, error, fragment, files,
     assert str(evil) in message and fragment in message, message
     assert not planted.exists()
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+LOADERS = re.compile(r"torch\.load\(|np\.load\(|numpy\.load\(|pickle\.loads?\(|Unpickler\(|Image\.open\(|"
+                    r"safe_open\(|load_file\(|np\.fromfile\(|(?<![\w.])open\(")
+
+
+def test_every_load_of_weights_data_and_triggers_goes_through_utils_io():
+    """No module but advml/utils/io.py opens weights, checkpoints, arrays, images or data files itself."""
+    root = Path(__file__).resolve().parents[1] / "advml"
+    offenders = [f"{p.relative_to(root)}:{i}: {line.strip()}"
+                 for p in sorted(root.rglob("*.py")) if p != root / "utils" / "io.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if LOADERS.search(line.split("#")[0]) and not line.lstrip().startswith(("import", "from"))]
+    assert not offenders, "\n".join(offenders)
 
 
 if __name__ == "__main__":

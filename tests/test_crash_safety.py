@@ -172,3 +172,49 @@ def test_every_writer_in_the_package_goes_through_the_atomic_helpers():
             if WRITE.search(line) or ("savefig(" in line and "savefig(tmp" not in line):
                 offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+BENCH = [sys.executable, "benchmarks/defense_table.py", "--attacks", "badnets,sig,wanet", "--defenses", "none",
+         "--set", "dataset=sample", "--set", "train_size=200", "--set", "test_size=60", "--set", "model=cnn_small",
+         "--set", "train.epochs=4", "--set", "train.augment=standard"]
+
+
+@pytest.mark.slow
+def test_a_killed_benchmark_grid_reuses_finished_cells_and_resumes_the_cut_one(tmp_path):
+    """benchmarks/defense_table.py (three cells) killed inside its second cell: on rerun the first cell is not
+    re-run, the second resumes from its checkpoint (never back to epoch 1), and every cell's metrics.json equals
+    an uninterrupted grid's."""
+    env = _env()
+    full = subprocess.Popen([*BENCH, "--out", str(tmp_path / "full")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out = tmp_path / "cut"
+    cells = [out / a / "none" for a in ("badnets", "sig", "wanet")]
+    ckpt = cells[1] / "checkpoints" / "last.safetensors"
+    reads: list[int] = []
+    proc = subprocess.Popen([*BENCH, "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and _checkpoint_epoch(ckpt, reads) < 2:
+        time.sleep(0.03)
+    time.sleep(random.Random(7).uniform(0, 0.5))
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert alive and (cells[0] / "metrics.json").is_file() and not (cells[1] / "metrics.json").exists()
+    first = (cells[0] / "metrics.json").stat().st_mtime_ns
+    cut_at = _checkpoint_epoch(ckpt, reads)
+    seen: list[int] = []
+    rerun = subprocess.Popen([*BENCH, "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    while rerun.poll() is None:
+        if not (cells[1] / "metrics.json").exists():
+            seen.append(_checkpoint_epoch(ckpt, reads))
+        time.sleep(0.03)
+    assert rerun.returncode == 0, rerun.stderr.read() if rerun.stderr else ""
+    assert full.wait(timeout=300) == 0
+    assert (cells[0] / "metrics.json").stat().st_mtime_ns == first  # the finished cell was not re-run
+    assert seen and min(seen) >= cut_at >= 2  # the cut cell went on from its checkpoint, never back to epoch 1
+    for cell in cells:
+        assert (cell / "metrics.json").read_bytes() == (tmp_path / "full" / cell.relative_to(out) /
+                                                        "metrics.json").read_bytes(), cell
+    assert not list(out.rglob("*.tmp"))

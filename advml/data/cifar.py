@@ -11,7 +11,7 @@ from advml.data.base import TensorImageDataset
 from advml.data.formats import read_cifar_binary, read_jpeg_npz, read_xy_npz
 from advml.data.registry import DATASETS, DatasetSplits
 from advml.errors import DataError
-from advml.utils.io import load_restricted_pickle
+from advml.utils.io import load_restricted_pickle, load_text
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -50,7 +50,7 @@ def _entries(path: Path, *keys: str) -> list[object]:
 def _cifar10_from(root: Path, train_size: int | None) -> tuple[TensorImageDataset, TensorImageDataset] | None:
     binary = root / "cifar-10-batches-bin"
     if binary.is_dir():
-        classes = (binary / "batches.meta.txt").read_text().split()
+        classes = load_text(binary / "batches.meta.txt").split()
         tr = read_cifar_binary([binary / f"data_batch_{i}.bin" for i in range(1, 6)], 1, 0)
         te = read_cifar_binary([binary / "test_batch.bin"], 1, 0)
         return TensorImageDataset(*tr, classes), TensorImageDataset(*te, classes)
@@ -79,7 +79,7 @@ def _cifar100_from(root: Path) -> tuple[TensorImageDataset, TensorImageDataset] 
                                     "fine_label_names")
     if (root / "cifar-100-binary").is_dir():
         b = root / "cifar-100-binary"
-        classes = (b / "fine_label_names.txt").read_text().split()
+        classes = load_text(b / "fine_label_names.txt").split()
         tr, te = read_cifar_binary([b / "train.bin"], 2, 1), read_cifar_binary([b / "test.bin"], 2, 1)
         return TensorImageDataset(*tr, classes), TensorImageDataset(*te, classes)
     if (root / "cifar100.npz").is_file():

@@ -8,7 +8,7 @@ import numpy as np
 
 from advml.data.base import TensorImageDataset
 from advml.errors import DataError
-from advml.utils.io import decode_image, load_npz
+from advml.utils.io import decode_image, load_bytes, load_npz
 
 
 def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray, source: str = "") -> np.ndarray:
@@ -86,7 +86,7 @@ def read_cifar_binary(files: list[Path], label_bytes: int, label_offset: int) ->
     rec = label_bytes + 3072
     chunks = []
     for f in files:
-        raw = np.fromfile(f, dtype=np.uint8)
+        raw = load_bytes(f)
         if raw.size % rec:
             raise DataError(f"{f}: size {raw.size} is not a multiple of the {rec}-byte record")
         chunks.append(raw.reshape(-1, rec))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor
 from advml.data.folders import IMAGENET_MEAN, IMAGENET_STD, FolderImageDataset
 from advml.data.registry import DATASETS, DatasetSplits
 from advml.errors import DataError
+from advml.utils.io import load_text
 
 
 class Nips17Dataset(FolderImageDataset):
@@ -27,22 +29,21 @@ def read_nips17(root: Path, size: int = 299) -> Nips17Dataset:
         raise DataError(f"nips17: {csv_path} not found (expected images.csv with ImageId, TrueLabel, TargetClass)")
     folder = root / "images" if (root / "images").is_dir() else root
     files, labels, targets = [], [], []
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"ImageId", "TrueLabel", "TargetClass"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"nips17: {csv_path} lacks columns {sorted(missing)}")
-        for row in reader:
-            path = folder / f"{row['ImageId']}.png"
-            if not path.is_file():
-                raise DataError(f"nips17: {path} listed in images.csv is missing")
-            try:
-                true, target = int(row["TrueLabel"]) - 1, int(row["TargetClass"]) - 1
-            except ValueError:
-                raise DataError(f"nips17: bad label in row {row}") from None
-            if not (0 <= true < 1000 and 0 <= target < 1000):
-                raise DataError(f"nips17: labels must be 1..1000, got {row['TrueLabel']}, {row['TargetClass']}")
-            files.append(str(path)), labels.append(true), targets.append(target)
+    reader = csv.DictReader(io.StringIO(load_text(csv_path), newline=""))
+    missing = {"ImageId", "TrueLabel", "TargetClass"} - set(reader.fieldnames or [])
+    if missing:
+        raise DataError(f"nips17: {csv_path} lacks columns {sorted(missing)}")
+    for row in reader:
+        path = folder / f"{row['ImageId']}.png"
+        if not path.is_file():
+            raise DataError(f"nips17: {path} listed in images.csv is missing")
+        try:
+            true, target = int(row["TrueLabel"]) - 1, int(row["TargetClass"]) - 1
+        except ValueError:
+            raise DataError(f"nips17: bad label in row {row}") from None
+        if not (0 <= true < 1000 and 0 <= target < 1000):
+            raise DataError(f"nips17: labels must be 1..1000, got {row['TrueLabel']}, {row['TargetClass']}")
+        files.append(str(path)), labels.append(true), targets.append(target)
     if not files:
         raise DataError(f"nips17: {csv_path} lists no images")
     ds = Nips17Dataset(files, labels, [str(i) for i in range(1000)], size)

@@ -165,6 +165,24 @@ def _decode(file: Any, source: str, mode: str) -> np.ndarray:
         raise DataError(f"{source}: not a readable image ({type(e).__name__}: {e})") from None
 
 
+def load_text(path: str | os.PathLike[str]) -> str:
+    """Read a UTF-8 text data file (a CSV, a class-name list); an unreadable one is a DataError naming it."""
+    path = _existing(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable text file ({e})") from None
+
+
+def load_bytes(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a raw binary data file (e.g. CIFAR's binary batches) as a uint8 vector."""
+    path = _existing(path)
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"{path}: not readable ({e})") from None
+
+
 def load_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file (data only, no code); a truncated or invalid one is a DataError naming it."""
     path = _existing(path)
