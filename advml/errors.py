@@ -32,3 +32,7 @@ class InputError(AdvmlError, ValueError):
 
 class UnsafeFileError(AdvmlError, ValueError):
     """A file would have to be unpickled (or otherwise executed) to be loaded."""
+
+
+class NumericalError(AdvmlError, FloatingPointError):
+    """Training diverged (a NaN or inf loss): a setting such as the learning rate is too large."""

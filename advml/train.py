@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from advml.config import Settings
 from advml.data.base import ImageDataset, as_image_dataset
-from advml.errors import ConfigError
+from advml.errors import ConfigError, NumericalError
 from advml.metrics import accuracy
 from advml.utils.io import load_tensors, save_tensors
 from advml.utils.runtime import resolve_device
@@ -231,7 +231,7 @@ class Trainer:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = loss_fn(self.net, Batch(x, y, idx))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} in epoch {self.epoch + 1}; lower the lr")
+                raise NumericalError(f"loss became {loss.item()} in epoch {self.epoch + 1}; lower the lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -499,5 +499,16 @@ def test_every_load_of_weights_data_and_triggers_goes_through_utils_io():
     assert not offenders, "\n".join(offenders)
 
 
+def test_a_diverging_run_stops_with_one_line_and_writes_no_results(files, tmp_path):
+    """Not a boundary check (the lr is valid, the run diverges): a clean NumericalError, no metrics.json."""
+    out = tmp_path / "run"
+    r = runner.invoke(advml.cli.app, ["backdoor", "--out", str(out), "--no-progress", "--epochs", "2",
+                                      "--batch-size", "8", "--dataset", f"npz:{files / 'tiny.npz'}", "--lr", "1e12",
+                                      "--set", "train.momentum=0"])
+    assert r.exit_code == 2 and r.output.startswith("advml: error: loss became") and "lower the lr" in r.output, \
+        r.output
+    assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
+
+
 if __name__ == "__main__":
     print(markdown_table())

@@ -218,3 +218,30 @@ def test_a_killed_benchmark_grid_reuses_finished_cells_and_resumes_the_cut_one(t
         assert (cell / "metrics.json").read_bytes() == (tmp_path / "full" / cell.relative_to(out) /
                                                         "metrics.json").read_bytes(), cell
     assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("lost", ["info.json", "model.safetensors"])
+def test_a_zoo_entry_cut_before_it_was_complete_is_finished_not_read(tmp_path, monkeypatch, lost):
+    """A kill between a zoo entry's two files leaves an unfinished entry: it is completed from the training
+    checkpoint (no retraining), never read half-made."""
+    import numpy as np
+    import torch
+
+    from advml.data import load_dataset
+    from advml.evasion.zoo import ZooSettings, entry, zoo_model
+
+    monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    data = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    settings = ZooSettings(epochs=1, batch_size=16)
+    model, info = zoo_model(data, "cnn_small", settings, progress=False)
+    folder = entry(data.name, "cnn_small", settings)
+    ckpt = folder / "checkpoints" / "last.safetensors"
+    stamp = ckpt.stat().st_mtime_ns
+    (folder / lost).unlink()
+    again, info2 = zoo_model(data, "cnn_small", settings, progress=False)
+    assert info2 == info and ckpt.stat().st_mtime_ns == stamp  # finished from the checkpoint, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert (folder / "info.json").is_file() and (folder / "model.safetensors").is_file()

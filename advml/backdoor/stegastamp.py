@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from advml.config import Settings
 from advml.data.base import ImageDataset, as_image_dataset, balanced_indices
-from advml.errors import ConfigError, DataError, InputError
+from advml.errors import ConfigError, DataError, InputError, NumericalError
 from advml.utils.checks import check_images
 from advml.utils.io import load_tensors, save_tensors
 from advml.utils.runtime import resolve_device
@@ -369,7 +369,7 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
                         p.clamp_(-0.01, 0.01)
                 loss = loss + ramp * s.critic_weight * model.critic(encoded).mean()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"StegaStamp loss became {loss.item()} in epoch {epoch + 1}; lower the lr")
+                raise NumericalError(f"StegaStamp loss became {loss.item()} in epoch {epoch + 1}; lower the lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
