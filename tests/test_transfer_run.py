@@ -77,3 +77,35 @@ def test_nips17_layout(tmp_path):
     (tmp_path / "images" / "im1.png").unlink()
     with pytest.raises(DataError, match="im1.png"):
         load_dataset(f"nips17:{tmp_path}")
+
+
+def test_cli_transfer_starts_from_the_given_surrogate_weights(cache, tmp_path, monkeypatch):
+    import numpy as np
+
+    import advml.evasion.run as transfer_run
+    from advml.models import build_model
+    from advml.utils.io import save_tensors
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    torch.manual_seed(3)
+    given = build_model("cnn_small", 10).state_dict()
+    save_tensors(tmp_path / "s.safetensors", given)
+    loaded = []
+    real = transfer_run.load_weights
+
+    def spy(model, path):
+        loaded.append((real(model, path), str(path)))
+        return loaded[-1][0]
+
+    monkeypatch.setattr(transfer_run, "load_weights", spy)
+    r = CliRunner().invoke(app, ["transfer", "--out", str(tmp_path / "run"), "--dataset", f"npz:{tmp_path / 'd.npz'}",
+                                 "--surrogate", "cnn_small", "--surrogate-weights", str(tmp_path / "s.safetensors"),
+                                 "--targets", "resnet18_narrow", "--iters", "2", "--n-images", "4",
+                                 "--set", "only_correct=false", "--set", "progress=false", "--set", "zoo.epochs=1"])
+    assert r.exit_code == 0, r.output
+    (model, path), = loaded
+    assert path == str(tmp_path / "s.safetensors")
+    assert all(torch.equal(model.state_dict()[k].cpu(), v) for k, v in given.items())
+    assert (tmp_path / "run" / "metrics.json").is_file()
