@@ -113,7 +113,7 @@ def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp
     out = run_bench(spec, "smoke", tmp_path / "b", progress=False, only=[first])
     header, body = _table(out)
     assert [r.count(MISSING) for r in body] == [0, 2, 2]
-    with pytest.raises(ConfigError, match="no preset 'huge'.*smoke, cpu, paper"):
+    with pytest.raises(ConfigError, match="no preset 'huge'; valid: smoke, cpu, gpu, paper"):
         run_bench(spec, "huge", tmp_path / "c")
     bad = spec.model_copy(update={"grid": {**spec.grid, "method": ["mi-ti-dj"]}})
     with pytest.raises(ConfigError, match="mi-ti-dj|dj"):
@@ -121,6 +121,10 @@ def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp
     assert not (tmp_path / "d").exists()
     with pytest.raises(ConfigError, match="another spec or preset"):
         run_bench(spec, "cpu", out)
+    config = out / "cells" / first / "config.yaml"
+    config.write_text(config.read_text().replace("iters: 3", "iters: 4"))
+    with pytest.raises(ConfigError, match=f"cell {first} .* other settings"):
+        run_bench(spec, "smoke", out, progress=False, only=[first])
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="existing file"):
         run_bench(spec, "smoke", tmp_path / "file")

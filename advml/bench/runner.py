@@ -52,6 +52,20 @@ def _finished(folder: Path) -> bool:
     return (folder / "metrics.json").is_file()  # runs write it last
 
 
+def _without_progress(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_progress(v) for k, v in data.items() if k != "progress"}
+    return data
+
+
+def _check_same(folder: Path, settings: dict[str, Any], cell_id: str) -> None:
+    """A finished cell is reused only when it ran with this cell's settings (progress bars aside)."""
+    config = folder / "config.yaml"
+    if config.is_file() and _without_progress(load_yaml(config)) != _without_progress(settings):
+        raise ConfigError(f"cell {cell_id} in {folder.parent.parent} finished with other settings than the spec "
+                          f"now gives; delete {folder} to rerun it, or use a new --out")
+
+
 def _clear_partial(folder: Path) -> None:
     """Remove temp files a killed run left behind (atomic writes never expose them; they are only litter)."""
     for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
@@ -136,6 +150,7 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
     for c in cells:
         folder = out / "cells" / c.id
         if _finished(folder):
+            _check_same(folder, settings[c.id], c.id)
             if c.id not in recorded:  # finished before a kill, not yet recorded
                 _record(store, c, folder, spec.table.figures, version)
         else:
