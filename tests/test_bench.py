@@ -54,7 +54,7 @@ def test_seed_specs_are_valid_with_three_scales(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,shape", [("table1_issba", (4, 5)), ("table3_rap", (3, 3)),
-                                        ("table2_defense", (2, 11))])
+                                        ("table2_defense", (2, 13))])
 def test_smoke_tables_have_their_shape_and_no_missing_cell(name, shape, tmp_path, cache):
     spec = load_spec(SEED / f"{name}.yaml")
     out = run_bench(spec, "smoke", tmp_path / name, progress=False)
