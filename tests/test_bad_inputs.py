@@ -226,6 +226,8 @@ CASES = [
          "truncated.npz: not a readable NumPy file"),
     Case("npz-not-found", "--dataset npz:nope.npz", B("--dataset", "npz:{f}/nope.npz"), DataError,
          "nope.npz: no such file"),
+    Case("npz-plain-text", "--dataset npz:notes.npz (a text file)", B("--dataset", "npz:{f}/notes.npz"),
+         UnsafeFileError, "notes.npz: refused, not an .npy/.npz file"),
     Case("npz-object-array", "npz holding an object array", B("--dataset", "npz:{f}/objects.npz"),
          UnsafeFileError, "objects.npz: refused, it holds pickled objects"),
     Case("api-dataset-nan", "TensorImageDataset(float NaN images)",
@@ -327,6 +329,7 @@ def files(tmp_path_factory) -> Path:
     _npz(f / "no_test.npz", x_train=small, y_train=ys)
     (f / "truncated.npz").write_bytes((f / "tiny.npz").read_bytes()[:300])
     np.savez(f / "objects.npz", x_train=np.array([{"a": 1}], dtype=object))
+    (f / "notes.npz").write_text("x_train: some images\n")
     Image.fromarray(np.full((16, 16, 3), 255, np.uint8)).save(f / "t16.png")
     np.save(f / "nan.npy", np.full((32, 32, 3), np.nan, np.float32))
     np.save(f / "inf.npy", np.full((32, 32, 3), np.inf, np.float32))
@@ -449,6 +452,8 @@ UNTRUSTED = [
     ("npy object array", "evil.npy", "--surrogate-weights", UnsafeFileError, "unsupported weights format"),
     ("npz object array", "evil.npz", "--dataset npz:", UnsafeFileError, "refused, it holds pickled objects"),
     ("npy object array", "evil.npy", "--set attack.image=", UnsafeFileError, "refused, it holds pickled objects"),
+    ("raw pickle", "evil.npz", "--dataset npz:", UnsafeFileError, "refused, not an .npy/.npz file"),
+    ("raw pickle", "evil.npy", "--set attack.image=", UnsafeFileError, "refused, not an .npy/.npz file"),
 ]
 
 

@@ -55,7 +55,7 @@ def test_random_sigkills_then_resume_give_the_uninterrupted_bytes(tmp_path):
     ckpt = cut / "checkpoints" / "last.safetensors"
     reads: list[int] = []
     kills: list[dict] = []
-    epoch_dt = 0.5  # seconds per epoch, measured between checkpoints
+    epoch_dt, measured = 0.5, False  # seconds per epoch, measured between checkpoints
     for k in range(3):
         args = [*ADVML, *RUN, "--out", str(cut)] + (["--resume"] if k else [])
         start_epoch = _checkpoint_epoch(ckpt, reads)
@@ -66,12 +66,14 @@ def test_random_sigkills_then_resume_give_the_uninterrupted_bytes(tmp_path):
             if k == 0 and (cut / "config.yaml").is_file():
                 break
             if epoch > start_epoch:
-                if last is not None and epoch == last[0] + 1:
-                    epoch_dt = time.time() - last[1]
+                if last is not None and epoch == last[0] + 1:  # two consecutive checkpoints: one epoch's time
+                    epoch_dt, measured = time.time() - last[1], True
+                    break
+                if measured:
                     break
                 last = (epoch, time.time()) if last is None or epoch != last[0] else last
             time.sleep(0.03)
-        delay = rng.uniform(0, 0.9 * epoch_dt)
+        delay = rng.uniform(0, 0.8 * epoch_dt)
         time.sleep(delay)
         alive = proc.poll() is None
         proc.send_signal(signal.SIGKILL)

@@ -134,6 +134,9 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         with data:
             return {k: data[k] for k in data.files}
     except ValueError as e:
+        if "contains pickled" in str(e) or "containing pickled" in str(e):  # neither .npy nor .npz
+            raise UnsafeFileError(f"{path}: refused, not an .npy/.npz file (reading it would mean unpickling "
+                                  "it)") from None
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
             raise UnsafeFileError(f"{path}: refused, it holds pickled objects") from None
         raise DataError(f"{path}: not a readable NumPy file ({e})") from None
