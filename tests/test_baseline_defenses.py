@@ -18,33 +18,14 @@ from advml.backdoor.defenses.base import Defense, oracle_clean_subset
 from advml.backdoor.defenses.fine_pruning import FinePruning, clean_statistics, find_prune_site
 from advml.backdoor.defenses.nad import NAD, at_loss, attention_map, stage_outputs
 from advml.backdoor.defenses.spectral import spectral_removed, spectral_scores
-from advml.data.base import ImageDataset, TensorImageDataset
+from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
 from advml.models import build_model
 from advml.run import load_settings, run_backdoor
-
-TINY = {"dataset": "sample", "train_size": 500, "test_size": 100, "model": "cnn_small",
-        "train": {"epochs": 1, "progress": False, "augment": "none"}}
+from helpers.guards import TINY, GuardedTest
 
 
-class GuardedTest(ImageDataset):
-    """A test split that fails the run if it is read while a defense runs (as in test_defense_runs.py)."""
 
-    def __init__(self, base: ImageDataset, state: dict) -> None:
-        self.base, self.state, self.classes = base, state, base.classes
-
-    @property
-    def labels(self) -> torch.Tensor:
-        assert not self.state["in_defense"], "a defense read test labels"
-        return self.base.labels
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.base.image_shape
-
-    def get_batch(self, index: torch.Tensor):
-        assert not self.state["in_defense"], "a defense read test data"
-        return self.base.get_batch(index)
 
 
 def _images(n: int, seed: int = 0, classes: int = 3) -> TensorImageDataset:

@@ -24,10 +24,11 @@ from advml.backdoor.defenses.mixmatch import (
     supervised_loss,
     unsupervised_loss,
 )
-from advml.data.base import ImageDataset, TensorImageDataset
+from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
 from advml.run import load_settings, run_backdoor
 from advml.train import Batch
+from helpers.guards import TINY, GuardedTest
 
 
 def test_sce_matches_a_hand_computation() -> None:
@@ -132,28 +133,8 @@ def test_registry_settings_are_floats_and_validated() -> None:
         build_defense({"name": "abl", "isolation_ratio": 0})
 
 
-class GuardedTest(ImageDataset):
-    """A test split that fails the run if it is read while a defense runs."""
-
-    def __init__(self, base: ImageDataset, state: dict) -> None:
-        self.base, self.state, self.classes = base, state, base.classes
-
-    @property
-    def labels(self) -> torch.Tensor:
-        assert not self.state["in_defense"], "a defense read test labels"
-        return self.base.labels
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.base.image_shape
-
-    def get_batch(self, index: torch.Tensor):
-        assert not self.state["in_defense"], "a defense read test data"
-        return self.base.get_batch(index)
 
 
-TINY = {"dataset": "sample", "train_size": 500, "test_size": 100, "model": "cnn_small",
-        "train": {"epochs": 1, "progress": False, "augment": "none"}}
 
 
 @pytest.mark.parametrize(("defense", "sizes"), [

@@ -5,37 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import advml.run as run_module
 from advml.backdoor.defenses.base import Defense
 from advml.cli import app
-from advml.data.base import ImageDataset
 from advml.run import load_settings, run_backdoor
+from helpers.guards import TINY, GuardedTest
 
 TINY_SD = {"warmup_epochs": 1, "finetune_epochs": 1}
-TINY = {"dataset": "sample", "train_size": 500, "test_size": 100, "model": "cnn_small", "train": {"epochs": 1, "progress": False, "augment": "none"}}
 
 
-class GuardedTest(ImageDataset):
-    """A test split that fails the run if it is read while a defense runs."""
-
-    def __init__(self, base: ImageDataset, state: dict) -> None:
-        self.base, self.state, self.classes = base, state, base.classes
-
-    @property
-    def labels(self) -> torch.Tensor:
-        assert not self.state["in_defense"], "a defense read test labels"
-        return self.base.labels
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.base.image_shape
-
-    def get_batch(self, index: torch.Tensor):
-        assert not self.state["in_defense"], "a defense read test data"
-        return self.base.get_batch(index)
 
 
 @pytest.mark.parametrize("defense", [
