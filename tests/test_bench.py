@@ -122,7 +122,11 @@ def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp
     with pytest.raises(ConfigError, match="another spec or preset"):
         run_bench(spec, "cpu", out)
     config = out / "cells" / first / "config.yaml"
-    config.write_text(config.read_text().replace("iters: 3", "iters: 4"))
+    text = config.read_text()
+    assert "pretrained: false\n" in text
+    config.write_text(text.replace("pretrained: false\n", ""))  # a setting added since, at its default: same cell
+    run_bench(spec, "smoke", out, progress=False, only=[first])
+    config.write_text(text.replace("iters: 3", "iters: 4"))
     with pytest.raises(ConfigError, match=f"cell {first} .* other settings"):
         run_bench(spec, "smoke", out, progress=False, only=[first])
     (tmp_path / "file").write_text("x")

@@ -58,10 +58,21 @@ def _without_progress(data: Any) -> Any:
     return data
 
 
-def _check_same(folder: Path, settings: dict[str, Any], cell_id: str) -> None:
-    """A finished cell is reused only when it ran with this cell's settings (progress bars aside)."""
+def _check_same(kind: str, folder: Path, settings: dict[str, Any], cell_id: str) -> None:
+    """A finished cell is reused only when it ran with this cell's settings (progress bars aside); its config is
+    read through today's settings, so a setting added since then counts with its default."""
     config = folder / "config.yaml"
-    if config.is_file() and _without_progress(load_yaml(config)) != _without_progress(settings):
+    if not config.is_file():
+        return
+    if kind == "backdoor":
+        from advml.run import BackdoorRunSettings as Model
+    else:
+        from advml.evasion.run import TransferSettings as Model
+    try:
+        before = validate(Model, load_yaml(config)).model_dump(mode="json")
+    except ConfigError:
+        before = load_yaml(config)
+    if _without_progress(before) != _without_progress(settings):
         raise ConfigError(f"cell {cell_id} in {folder.parent.parent} finished with other settings than the spec "
                           f"now gives; delete {folder} to rerun it, or use a new --out")
 
@@ -150,7 +161,7 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
     for c in cells:
         folder = out / "cells" / c.id
         if _finished(folder):
-            _check_same(folder, settings[c.id], c.id)
+            _check_same(spec.kind, folder, settings[c.id], c.id)
             if c.id not in recorded:  # finished before a kill, not yet recorded
                 _record(store, c, folder, spec.table.figures, version)
         else:
