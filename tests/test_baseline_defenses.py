@@ -14,7 +14,7 @@ from torch import nn
 import advml.run as run_module
 from advml.backdoor.defenses import DEFENSES, DefenseContext, build_defense
 from advml.backdoor.defenses.activation_clustering import ACSettings, activation_clustering, kmeans
-from advml.backdoor.defenses.base import Defense, oracle_clean_subset
+from advml.backdoor.defenses.base import oracle_clean_subset
 from advml.backdoor.defenses.fine_pruning import FinePruning, clean_statistics, find_prune_site
 from advml.backdoor.defenses.nad import NAD, at_loss, attention_map, stage_outputs
 from advml.backdoor.defenses.spectral import spectral_removed, spectral_scores
@@ -22,7 +22,7 @@ from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
 from advml.models import build_model
 from advml.run import load_settings, run_backdoor
-from helpers.guards import TINY, GuardedTest
+from helpers.guards import TINY, guard_defenses
 
 
 
@@ -207,34 +207,15 @@ DEFENSES_TINY = [
 @pytest.mark.parametrize("defense", DEFENSES_TINY, ids=lambda d: d["name"])
 def test_baseline_run_end_to_end_reads_no_test_data_and_only_clean_oracle(tmp_path, monkeypatch, defense) -> None:
     state = {"in_defense": False, "clean": None, "poisoned": None}
-    real_load, real_setup = run_module.load_dataset, run_module._setup
-
-    def guarded_load(*args, **kwargs):
-        data = real_load(*args, **kwargs)
-        data.test = GuardedTest(data.test, state)
-        return data
+    real_setup = run_module._setup
 
     def setup(*args, **kwargs):
         out = real_setup(*args, **kwargs)
         state["poisoned"] = out[2]
         return out
 
-    real_run = {cls: cls.run for cls in Defense.__subclasses__()}
-
-    def guard(cls):
-        def run(self, train, ctx):
-            assert not hasattr(train, "poison_flags")
-            state["in_defense"], state["clean"] = True, ctx.clean_data
-            try:
-                return real_run[cls](self, train, ctx)
-            finally:
-                state["in_defense"] = False
-        return run
-
-    monkeypatch.setattr(run_module, "load_dataset", guarded_load)
+    guard_defenses(monkeypatch, state)
     monkeypatch.setattr(run_module, "_setup", setup)
-    for cls in real_run:
-        monkeypatch.setattr(cls, "run", guard(cls))
     settings = load_settings(None, {**TINY, "defense": defense})
     m = run_backdoor(settings, tmp_path / "run").metrics
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import advml.run as run_module
 from advml.backdoor.defenses import DEFENSES, build_defense
 from advml.backdoor.defenses.abl import ABL, isolate, lga_loss
 from advml.backdoor.defenses.dbd import DBD, labelled_split, sce_loss
@@ -28,7 +27,7 @@ from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
 from advml.run import load_settings, run_backdoor
 from advml.train import Batch
-from helpers.guards import TINY, GuardedTest
+from helpers.guards import TINY, guard_defenses
 
 
 def test_sce_matches_a_hand_computation() -> None:
@@ -145,26 +144,7 @@ def test_registry_settings_are_floats_and_validated() -> None:
 ])
 def test_defense_runs_end_to_end_without_test_labels(tmp_path, monkeypatch, defense, sizes) -> None:
     state = {"in_defense": False}
-    real_load = run_module.load_dataset
-
-    def guarded_load(*args, **kwargs):
-        data = real_load(*args, **kwargs)
-        data.test = GuardedTest(data.test, state)
-        return data
-
-    cls = {"dbd": DBD, "abl": ABL}[defense["name"]]
-    real_run = cls.run
-
-    def run(self, train, ctx):
-        assert not hasattr(train, "poison_flags")
-        state["in_defense"] = True
-        try:
-            return real_run(self, train, ctx)
-        finally:
-            state["in_defense"] = False
-
-    monkeypatch.setattr(run_module, "load_dataset", guarded_load)
-    monkeypatch.setattr(cls, "run", run)
+    guard_defenses(monkeypatch, state)
     m = run_backdoor(load_settings(None, {**TINY, "defense": defense}), tmp_path / "run").metrics
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("clean_acc", "asr", "detect_precision", "detect_recall", "clean_split_poison_rate"):

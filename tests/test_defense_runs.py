@@ -7,11 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import advml.run as run_module
-from advml.backdoor.defenses.base import Defense
 from advml.cli import app
 from advml.run import load_settings, run_backdoor
-from helpers.guards import TINY, GuardedTest
+from helpers.guards import TINY, guard_defenses
 
 TINY_SD = {"warmup_epochs": 1, "finetune_epochs": 1}
 
@@ -25,28 +23,7 @@ TINY_SD = {"warmup_epochs": 1, "finetune_epochs": 1}
 ])
 def test_defense_run_reads_no_test_labels_and_writes_its_metrics(tmp_path, monkeypatch, defense) -> None:
     state = {"in_defense": False}
-    real_load = run_module.load_dataset
-
-    def guarded_load(*args, **kwargs):
-        data = real_load(*args, **kwargs)
-        data.test = GuardedTest(data.test, state)
-        return data
-
-    real_run = {cls: cls.run for cls in Defense.__subclasses__()}
-
-    def guard(cls):
-        def run(self, train, ctx):
-            assert not hasattr(train, "poison_flags")
-            state["in_defense"] = True
-            try:
-                return real_run[cls](self, train, ctx)
-            finally:
-                state["in_defense"] = False
-        return run
-
-    monkeypatch.setattr(run_module, "load_dataset", guarded_load)
-    for cls in real_run:
-        monkeypatch.setattr(cls, "run", guard(cls))
+    guard_defenses(monkeypatch, state)
     settings = load_settings(None, {**TINY, "defense": defense})
     m = run_backdoor(settings, tmp_path / "run").metrics
     assert 0 <= m["clean_acc"] <= 1 and 0 <= m["asr"] <= 1

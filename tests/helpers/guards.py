@@ -28,3 +28,30 @@ class GuardedTest(ImageDataset):
     def get_batch(self, index: torch.Tensor):
         assert not self.state["in_defense"], "a defense read test data"
         return self.base.get_batch(index)
+
+
+def guard_defenses(monkeypatch, state: dict) -> None:
+    """Make every defense run fail if it reads the test split or sees poison flags; record its clean subset."""
+    from advml import run as run_module
+    from advml.backdoor.defenses.base import Defense
+
+    real_load = run_module.load_dataset
+
+    def guarded_load(*args, **kwargs):
+        data = real_load(*args, **kwargs)
+        data.test = GuardedTest(data.test, state)
+        return data
+
+    def guard(real_run):
+        def run(self, train, ctx):
+            assert not hasattr(train, "poison_flags")
+            state["in_defense"], state["clean"] = True, ctx.clean_data
+            try:
+                return real_run(self, train, ctx)
+            finally:
+                state["in_defense"] = False
+        return run
+
+    monkeypatch.setattr(run_module, "load_dataset", guarded_load)
+    for cls in Defense.__subclasses__():
+        monkeypatch.setattr(cls, "run", guard(cls.run))
