@@ -1,8 +1,10 @@
 """What makes FCT detection work at small scale: D_p precision / recall and D_c's poisoned share on real
-CIFAR-10 for model width, training-set size, fine-tuning epochs, transform draws and feature normalisation.
+CIFAR-10 for model width, training-set size, fine-tuning epochs, FCT transform, transform draws and feature
+normalisation.
 
 Usage: ADVML_DATA_DIR=../shared/data python benchmarks/fct_detection.py [--attacks badnets,blend_kitty]
-       [--sizes 10000] [--widths 16,32] [--finetune 4,10] [--draws 1,4] [--out runs/fct_detection]
+       [--sizes 10000] [--widths 16,32] [--finetune 4,10] [--transforms rotate+translate,translate]
+       [--draws 1,4] [--normalize both|no|yes] [--out runs/fct_detection]
 Each trained SD model is kept under --out (safetensors) and reused; scoring variants are cheap.
 Prints one markdown table and writes --out/table.json.
 """
@@ -35,7 +37,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000")
     ap.add_argument("--widths", default="16")
     ap.add_argument("--finetune", default="10")
+    ap.add_argument("--transforms", default="rotate+translate", help="comma-separated; '+' composes transforms")
     ap.add_argument("--draws", default="1,4")
+    ap.add_argument("--normalize", choices=("both", "no", "yes"), default="both", help="L2-normalised features")
     ap.add_argument("--out", default="runs/fct_detection")
     args = ap.parse_args()
     out = Path(args.out)
@@ -56,20 +60,21 @@ def main() -> None:
             train_sd_model(model, poisoned, SDSettings(finetune_epochs=ft), progress=False)
             train_s = time.perf_counter() - start
             save_tensors(path, model.state_dict(), {"seconds": repr(train_s)})
-        for draws, norm in itertools.product(_ints(args.draws), (False, True)):
+        norms = {"both": (False, True), "no": (False,), "yes": (True,)}[args.normalize]
+        for tau, draws, norm in itertools.product(args.transforms.split(","), _ints(args.draws), norms):
             start = time.perf_counter()
-            scores = fct_scores(model, poisoned, draws=draws, normalize=norm)
+            scores = fct_scores(model, poisoned, transforms=tau.split("+"), draws=draws, normalize=norm)
             m = split_by_score(scores).metrics(poisoned.poison_flags)
-            row = {"attack": attack, "train_size": n, "width": width, "finetune_epochs": ft, "draws": draws,
-                   "normalize": norm, **m, "train_s": round(train_s), "score_s": round(time.perf_counter() - start)}
+            row = {"attack": attack, "train_size": n, "width": width, "finetune_epochs": ft, "transforms": tau,
+                   "draws": draws, "normalize": norm, **m, "train_s": round(train_s), "score_s": round(time.perf_counter() - start)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "table.json", json.dumps(rows, indent=1))
-    print("\n| attack | N | width | ft ep | draws | L2 norm | D_p precision | D_p recall | D_c poisoned |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| attack | N | width | ft ep | tau | draws | L2 norm | D_p precision | D_p recall | D_c poisoned |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attack']} | {r['train_size']} | {r['width']} | {r['finetune_epochs']} | {r['draws']} | "
+        print(f"| {r['attack']} | {r['train_size']} | {r['width']} | {r['finetune_epochs']} | {r['transforms']} | {r['draws']} | "
               f"{r['normalize']} | {r['detect_precision']:.3f} | {r['detect_recall']:.3f} | "
               f"{r['clean_split_poison_rate']:.4f} |")
 

@@ -21,6 +21,7 @@ from advml.backdoor.defenses.base import holdout, untrusted_view
 from advml.backdoor.defenses.contrastive import LinearProbe
 from advml.backdoor.defenses.dbr import ascent_loss
 from advml.backdoor.defenses.dst import mce_loss
+from advml.backdoor.defenses.fct import build_transform
 from advml.backdoor.defenses.sd import SDSettings, intra_class_loss
 from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError, InputError, UnknownNameError
@@ -68,6 +69,24 @@ def test_fct_is_seeded_and_draws_average() -> None:
     d1 = fct_scores(Flat(), data, seed=3, draws=1)
     assert torch.equal(d1, a)
     assert not torch.equal(fct_scores(Flat(), data, seed=3, draws=3), a)
+
+
+def test_fct_draws_average_hand_draws_and_reuse_f_x() -> None:
+    data = _data(n=10)
+    x = data.get_batch(torch.arange(len(data)))[0]
+    tau = build_transform(["translate"], (8, 8))
+    torch.manual_seed(5)
+    hand = sum((x.flatten(1) - tau(x).flatten(1)).pow(2).mean(1) for _ in range(3)) / 3
+    calls = []
+
+    class Counting(Flat):
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return super().features(x)
+
+    got = fct_scores(Counting(), data, transforms=["translate"], draws=3, seed=5)
+    assert torch.allclose(got, hand, atol=1e-6)
+    assert calls == [10] * 4  # f(x) once, f(tau(x)) per draw: 1 + draws passes, not 2 x draws
 
 
 def test_fct_leaves_the_model_in_its_mode_and_needs_features() -> None:

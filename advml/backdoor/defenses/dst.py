@@ -63,7 +63,7 @@ class DST(Defense):
         s, n = self.settings, len(train)
         compute = ComputeLog()  # wall time and epochs x images per stage, to set beside DBD's
         sd_epochs = s.sd.warmup_epochs + s.sd.finetune_epochs
-        with compute.stage("sd", epochs=sd_epochs, images=n, forward_images=(sd_epochs + 2 * s.sd.draws) * n):
+        with compute.stage("sd", epochs=sd_epochs, images=n, forward_images=(sd_epochs + 1 + s.sd.draws) * n):
             split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device,
                                 progress=ctx.progress, checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
         supervised = torch.zeros(len(train), dtype=torch.bool)

@@ -38,16 +38,22 @@ def build_transform(names: Sequence[str], image_size: tuple[int, int]) -> nn.Seq
     return nn.Sequential(*(TRANSFORMS.get(n)(image_size) for n in names))
 
 
-def fct_batch(model: nn.Module, x: Tensor, transform: nn.Module, *, normalize: bool = False) -> Tensor:
-    """FCT score of each image of one batch: mean over feature dims of (f(x) - f(tau(x)))^2.
+def fct_batch(model: nn.Module, x: Tensor, transform: nn.Module, *, normalize: bool = False,
+              draws: int = 1) -> Tensor:
+    """FCT score of each image of one batch: mean over feature dims of (f(x) - f(tau(x)))^2, averaged over
+    `draws` random tau.
 
-    Two forward passes of N images through `model.features` in eval mode (one pass of a concatenated 2N
-    batch is 2x slower on CPU). With `normalize`, features are L2-normalised first (scale-free scores)."""
+    1 + draws forward passes of N images through `model.features` in eval mode: f(x) is computed once (one
+    pass of a concatenated 2N batch is 2x slower on CPU). With `normalize`, features are L2-normalised first."""
     check_images(x, "images")
-    f, ft = model.features(x), model.features(transform(x))
-    if normalize:
-        f, ft = F.normalize(f, dim=1), F.normalize(ft, dim=1)
-    return (f - ft).pow(2).mean(dim=1)
+    f = model.features(x)
+    f = F.normalize(f, dim=1) if normalize else f
+    total = torch.zeros(x.shape[0], device=f.device, dtype=f.dtype)
+    for _ in range(draws):
+        ft = model.features(transform(x))
+        ft = F.normalize(ft, dim=1) if normalize else ft
+        total += (f - ft).pow(2).mean(dim=1)
+    return total / draws
 
 
 @torch.no_grad()
@@ -73,8 +79,7 @@ def fct_scores(model: nn.Module, data: ImageDataset, *, transforms: Sequence[str
             for start in range(0, len(data), batch_size):
                 index = torch.arange(start, min(start + batch_size, len(data)))
                 x = data.get_batch(index)[0].to(device)
-                total = sum(fct_batch(model, x, transform, normalize=normalize) for _ in range(draws))
-                out[index] = (total / draws).float().cpu()
+                out[index] = fct_batch(model, x, transform, normalize=normalize, draws=draws).float().cpu()
     finally:
         model.train(was_training)
     return out
