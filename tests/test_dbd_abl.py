@@ -170,7 +170,8 @@ def test_dst_reports_its_compute_per_stage(tmp_path) -> None:
     compute = json.loads((tmp_path / "run" / "metrics.json").read_text())["defense_compute"]
     stages = compute["stages"]
     assert set(stages) == {"sd", "encoder", "classifier"}
-    assert stages["sd"]["epoch_images"] == 2 * 500 and stages["sd"]["forward_images"] == (2 + 2 * 2) * 500
+    # forward images of the SD stage: its epochs, then FCT's f(x) once and one pass per transform draw
+    assert stages["sd"]["epoch_images"] == 2 * 500 and stages["sd"]["forward_images"] == (2 + 1 + 2) * 500
     assert stages["encoder"]["forward_images"] == 2 * 1 * 500
     assert stages["classifier"]["images"] == 113  # 90 % of D_c (100) and of D_p (25), the rest held out
     assert compute["epoch_images"] == 1000 + 500 + 113 and compute["seconds"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import kornia.augmentation as K
 import torch
@@ -154,8 +154,10 @@ class LinearProbe(nn.Module):
 def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettings,
                 loss_fn: Callable[[nn.Module, Batch], Tensor], *, evals: dict[str, ImageDataset] | None = None,
                 select: Callable[[dict], float] | None = None, seed: int = 0, device: str = "auto",
-                progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False) -> nn.Module:
-    """Train a fresh linear head on the frozen encoder with single-view augmentation; returns the classifier."""
+                progress: bool = True, checkpoint_dir: str | Path | None = None,
+                resume: bool = False) -> list[dict[str, Any]]:
+    """Train a fresh linear head of `classifier` (in place) on its frozen encoder with single-view augmentation;
+    returns the per-epoch history."""
     classifier.head.reset_parameters()
     probe = LinearProbe(classifier)
     augment = nn.Sequential(*list(two_view_augment(data.image_shape[1:])))
@@ -166,8 +168,8 @@ def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettin
     s = settings
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                          optimizer=s.optimizer, augment="none", device=device, progress=progress)
-    Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
-            checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
+    history = Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
+                      checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
     for p in classifier.parameters():
         p.requires_grad_(True)
-    return classifier
+    return history

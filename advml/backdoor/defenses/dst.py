@@ -82,11 +82,12 @@ class DST(Defense):
         evals = {"holdout_clean": train.subset(c_hold), "holdout_poison": train.subset(p_hold)} \
             if p_hold.numel() and c_hold.numel() else {}
         with compute.stage("classifier", epochs=s.classifier.epochs, images=index.numel()):
-            train_probe(model, train.subset(index), s.classifier, mce_loss(is_poisoned, s.lambda_p), evals=evals,
-                        select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None,
-                        seed=ctx.seed, device=ctx.device, progress=ctx.progress,
-                        checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
-        return DefenseResult(model, split, {"metrics": {"defense_compute": compute.report()}})
+            history = train_probe(model, train.subset(index), s.classifier, mce_loss(is_poisoned, s.lambda_p),
+                                  evals=evals,
+                                  select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None,
+                                  seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                                  checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
+        return DefenseResult(model, split, {"history": history, "metrics": {"defense_compute": compute.report()}})
 
 
 class BaselineSettings(DefenseSettings):
@@ -108,9 +109,9 @@ class Baseline1(Defense):
         model = train_encoder(ctx.new_model(), train, s.encoder, supervised=None, use_labels=self.use_labels,
                               seed=ctx.seed, device=ctx.device, progress=ctx.progress,
                               checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
-        train_probe(model, train, s.classifier, cross_entropy, seed=ctx.seed, device=ctx.device,
-                    progress=ctx.progress, checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
-        return DefenseResult(model)
+        history = train_probe(model, train, s.classifier, cross_entropy, seed=ctx.seed, device=ctx.device,
+                              progress=ctx.progress, checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
+        return DefenseResult(model, report={"history": history})
 
 
 class Baseline2(Baseline1):
