@@ -154,9 +154,11 @@ def test_cell_settings_merge_preset_overrides_and_grid_values():
     assert cells["badnets"].settings(spec, "paper")["attack"] == {"name": "badnets", "size": 21}
     assert cells["blend_kitty"].settings(spec, "paper")["attack"] == {"name": "blend_kitty"}
     t3 = load_spec(SEED / "table3_rap.yaml")
-    c = t3.cells("cpu")[0]
-    assert c.settings(t3, "cpu")["targets"] == ["cnn_small", "vgg16_bn", "mobilenet_v2"]
-    assert len({c.id for c in t3.cells("cpu")}) == len(t3.cells("cpu")) == 18
+    c = t3.cells("gpu")[0]
+    assert c.settings(t3, "gpu")["targets"] == ["cnn_small", "vgg16_bn", "mobilenet_v2"]
+    assert len({c.id for c in t3.cells("gpu")}) == len(t3.cells("gpu")) == 18
+    cpu = t3.cells("cpu")  # the cpu scale: one surrogate, the zoo's other family as the only target
+    assert cpu[0].settings(t3, "cpu")["targets"] == ["cnn_small"] and len(cpu) == 9
 
 
 @pytest.mark.slow
