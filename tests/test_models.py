@@ -35,6 +35,18 @@ def test_resnet18_narrow_width_is_settable():
         build_model("cnn_small", 10, pretrained=True)
 
 
+def test_vgg11_narrow_matches_the_vgg11_layout():
+    m = build_model("vgg11_narrow", 10)
+    assert m.feature_dim == 256 and build_model("vgg11_narrow", 10, width=8).feature_dim == 64
+    convs = [c for c in m.backbone.modules() if isinstance(c, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128, 256, 256, 256, 256]  # VGG-11 (A) at 1/2 width
+    # by hand: 3x3 convs without bias 9 * (3*32 + 32*64 + 64*128 + 128*128 + 128*256 + 3 * 256*256) = 2,304,864;
+    # batch norm 2 * (32 + 64 + 128 + 128 + 4 * 256) = 2,752; head 256*10 + 10 = 2,570
+    assert sum(p.numel() for p in m.parameters()) == 2_304_864 + 2_752 + 2_570
+    with pytest.raises(ConfigError, match="width"):
+        build_model("vgg11_narrow", 10, width=0)
+
+
 def test_weights_roundtrip_through_safetensors(tmp_path):
     torch.manual_seed(1)
     a = build_model("resnet18_narrow", 10, width=4)

@@ -9,6 +9,7 @@ from torch import nn
 
 from advml.errors import ConfigError, DataError
 from advml.models.cifar_resnet import CifarResNet, SmallCNN
+from advml.models.cifar_vgg import CifarVGG
 from advml.models.tv import build_torchvision
 from advml.models.wrapper import ImageClassifier
 from advml.registry import Registry
@@ -39,6 +40,15 @@ def _resnet18_narrow(image_size: int, in_channels: int, pretrained: bool, width:
     if not isinstance(width, int) or width < 1:
         raise ConfigError(f"width must be a positive integer, got {width!r}")
     net = CifarResNet(width=width, in_channels=in_channels)
+    return net, net.out_dim
+
+
+@MODELS.register("vgg11_narrow", "CIFAR VGG-11 with batch norm and base width 32 (set width=...); a fast second family")
+def _vgg11_narrow(image_size: int, in_channels: int, pretrained: bool, width: int = 32) -> tuple[nn.Module, int]:
+    _no_pretrained("vgg11_narrow", pretrained)
+    if not isinstance(width, int) or width < 1:
+        raise ConfigError(f"width must be a positive integer, got {width!r}")
+    net = CifarVGG("vgg11", width=width, in_channels=in_channels)
     return net, net.out_dim
 
 
