@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from advml.bench import load_spec, render_report, run_bench
-from advml.bench.report import MISSING, build_table
+from advml.bench.report import MISSING, build_table, paired_table
 from advml.bench.store import ResultStore
 from advml.errors import ConfigError, DataError
 
@@ -61,14 +61,39 @@ def test_smoke_tables_have_their_shape_and_no_missing_cell(name, shape, tmp_path
     header, body = _table(out)
     assert (len(body), len(header)) == shape
     assert all(MISSING not in row for row in body)
-    md = (out / "report.md").read_text()
+    md, _, paired = (out / "report.md").read_text().partition("## paired differences")
     assert md.count("\n| ") == shape[0] + 2  # header, rule and rows
+    if name == "table3_rap":  # +rap and +rap-ls against mi-ti-di on the same images: the rates' difference
+        lines = [r.split(" | ") for r in paired.splitlines() if r.startswith("| resnet18")]
+        paired_header = [h.strip(" |") for h in paired.split("\n| ")[1].split(" | ")]
+        assert [r[0] for r in lines] == ["| resnet18_narrow / mi-ti-di+rap", "| resnet18_narrow / mi-ti-di+rap-ls"]
+        assert paired_header[1:] == header[1:]  # white-box, then the target, as in the main table
+        rate = {r[0]: [float(v) for v in r[1:]] for r in body}
+        for r, method in zip(lines, ["mi-ti-di+rap", "mi-ti-di+rap-ls"]):
+            diffs = [float(v.split(" [")[0]) for v in r[1:]]
+            expected = [b - a for a, b in zip(rate["resnet18_narrow / mi-ti-di"], rate[f"resnet18_narrow / {method}"])]
+            assert diffs == pytest.approx(expected, abs=2e-3)
+    else:
+        assert not paired
     n = len(spec.cells("smoke"))
     assert f"{n} of {n} cells finished" in md
     if name == "table1_issba":  # BA of standard training and ISSBA's PSNR land in their columns
         row = {r[0]: r for r in body}
         assert header[1:] == ["BA", "ASR", "PSNR (dB)", "l-inf"]
         assert row["none"][2] == "—" and float(row["issba"][3]) > 20
+
+
+def test_paired_table_matches_rows_to_their_base_method_on_the_same_images():
+    def row(method, outcomes, ids=(3, 5, 7, 9)):
+        return {"params": {"surrogate": "s", "method": method},
+                "metrics": {"outcomes": outcomes, "image_ids": list(ids)}}
+
+    rows = [row("mi+rap", {"t": "0111", "white_box": "1111"}), row("mi", {"white_box": "1110", "t": "0011"}),
+            row("mi+rap-ls", {"t": "0000", "white_box": "1111"}, ids=(1, 2, 3, 4)), row("di+rap", {"t": "1111"})]
+    header, body = paired_table(rows)  # rap-ls ran on other images, di+rap has no base: neither is paired
+    assert header == ["cell vs its base method", "white-box", "t"] and len(body) == 1
+    assert body[0][0] == "s / mi+rap" and body[0][1].startswith("+0.250 [") and body[0][2].startswith("+0.250 [")
+    assert paired_table([row("mi", {"t": "0"})]) is None
 
 
 def test_a_killed_bench_resumes_without_rerunning_finished_cells(tmp_path, cache):
@@ -113,7 +138,7 @@ def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp
     out = run_bench(spec, "smoke", tmp_path / "b", progress=False, only=[first])
     header, body = _table(out)
     assert [r.count(MISSING) for r in body] == [0, 2, 2]
-    with pytest.raises(ConfigError, match="no preset 'huge'; valid: smoke, cpu, gpu, paper"):
+    with pytest.raises(ConfigError, match="no preset 'huge'; valid: smoke, cpu, cpu-strong, gpu, paper"):
         run_bench(spec, "huge", tmp_path / "c")
     bad = spec.model_copy(update={"grid": {**spec.grid, "method": ["mi-ti-dj"]}})
     with pytest.raises(ConfigError, match="mi-ti-dj|dj"):

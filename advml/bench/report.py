@@ -70,6 +70,40 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
     return header, body
 
 
+def paired_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+    """Transfer cells against their base method (`a+rap` vs `a`, same other parameters) on the same images:
+    success difference per model with its 95 % paired interval and McNemar p; None without per-image outcomes."""
+    from advml.evasion.run import paired_difference
+
+    def key(params: dict[str, Any], method: str) -> str:
+        return repr(sorted({**params, "method": method}.items()))
+
+    by_key = {key(r["params"], r["params"].get("method", "")): r["metrics"] for r in rows}
+    pairs = []
+    for r in rows:
+        method = r["params"].get("method", "")
+        base = by_key.get(key(r["params"], method.split("+")[0])) if "+" in method else None
+        m = r["metrics"]
+        if base and m.get("outcomes") and base.get("outcomes") and m.get("image_ids") == base.get("image_ids"):
+            pairs.append((r["params"], base["outcomes"], m["outcomes"]))
+    if not pairs:
+        return None
+    found = dict.fromkeys(k for _, _, o in pairs for k in o)
+    models = [k for k in found if k == "white_box"] + [k for k in found if k != "white_box"]
+    header = ["cell vs its base method"] + [m.replace("white_box", "white-box") for m in models]
+    body = []
+    for params, a, b in pairs:
+        line = [" / ".join(f"{v}" for k, v in params.items() if k != "method") + f" / {params['method']}"]
+        for name in models:
+            if name in a and name in b:
+                d = paired_difference(a[name], b[name])
+                line.append(f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p_mcnemar']:.3g}")
+            else:
+                line.append(ABSENT)
+        body.append(line)
+    return header, body
+
+
 def _markdown(title: str, header: list[str], body: list[list[str]]) -> str:
     lines = [f"| {' | '.join(header)} |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
     lines += [f"| {' | '.join(r)} |" for r in body]
@@ -100,6 +134,12 @@ def render_report(folder: str | Path) -> tuple[Path, Path]:
     done = f"{len(rows)} of {len(spec.cells(preset))} cells finished; {seconds / 60:.1f} min of cell time; " \
            f"code {', '.join(versions) or 'n/a'}; preset {preset}"
     md = f"# {title}\n\n{done}\n\n" + _markdown(spec.name, header, body)
+    paired = paired_table(rows)
+    paired_html = ""
+    if paired:
+        note = "Success minus the base method's on the same images; 95 % paired (Wald) interval; exact McNemar p."
+        md += "\n" + _markdown("paired differences", *paired) + f"\n{note}\n"
+        paired_html = f"<h2>paired differences</h2>{_html_table(*paired)}<p>{html.escape(note)}</p>"
     if figures:
         md += "\n## Figures\n\n" + "".join(f"- `cells/{cid}/{name}`\n" for cid, fs in figures.items() for name in fs)
     imgs = "".join(
@@ -112,7 +152,7 @@ def render_report(folder: str | Path) -> tuple[Path, Path]:
 td,th{{border:1px solid #999;padding:3px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
 figure{{display:inline-block;margin:8px}} img{{max-width:420px}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(done)}</p>
-<h2>{html.escape(spec.name)}</h2>{_html_table(header, body)}
+<h2>{html.escape(spec.name)}</h2>{_html_table(header, body)}{paired_html}
 <h2>Figures</h2><div class="figures">{imgs or "<p>none</p>"}</div></body></html>
 """
     md_path, html_path = folder / "report.md", folder / "report.html"

@@ -83,10 +83,26 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def paired_difference(a: str, b: str, z: float = 1.96) -> dict[str, float]:
+    """Success of b minus success of a on the same images (outcome strings of 0/1): the difference, its Wald
+    interval for paired proportions and the exact two-sided McNemar p-value (binomial on discordant pairs)."""
+    if len(a) != len(b) or not a or set(a + b) - {"0", "1"}:
+        raise ConfigError("paired outcomes must be equal-length, non-empty strings of 0 and 1")
+    n = len(a)
+    gain = sum(x == "0" and y == "1" for x, y in zip(a, b))  # b succeeds where a fails
+    loss = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    diff = (gain - loss) / n
+    half = z * math.sqrt(max(gain + loss - (gain - loss) ** 2 / n, 0.0)) / n
+    k, m = min(gain, loss), gain + loss
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    return {"diff": diff, "lo": diff - half, "hi": diff + half, "gain": gain, "loss": loss, "p_mcnemar": p}
+
+
 def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_classes: int, seed: int,
-                      device: torch.device, only_correct: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """`n` seeded test images (that every model classifies correctly, with `only_correct`) and their target
-    classes: the dataset's own (NIPS'17's TargetClass) or seeded random classes different from the truth."""
+                      device: torch.device, only_correct: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`n` seeded test images (that every model classifies correctly, with `only_correct`), their target
+    classes (the dataset's own, NIPS'17's TargetClass, or seeded random classes different from the truth) and
+    their indices in the test set."""
     correct = torch.ones(len(test), dtype=torch.bool)
     for m in models if only_correct else []:
         correct &= predict(m, test, device=device) == test.labels
@@ -100,7 +116,7 @@ def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_c
     given = getattr(test, "targets", None)
     targets = given[idx] if given is not None else (y + torch.randint(1, num_classes, y.shape, generator=gen)) \
         % num_classes
-    return x, y, targets
+    return x, y, targets, idx
 
 
 def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
@@ -127,7 +143,7 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
         surrogate = model(settings.surrogate)
     targets = {name: model(name).to(device) for name in settings.targets}
     surrogate = surrogate.to(device)
-    x, y, t = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images, data.num_classes,
+    x, y, t, image_ids = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images, data.num_classes,
                                 settings.seed, device, settings.only_correct)
     loss = settings.loss or ("logit" if settings.targeted else "ce")
     record = tuple(i for i in CHECKPOINTS if i < settings.iters) + (settings.iters,)
@@ -141,6 +157,7 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
             snaps[i].append(attack.snapshots[i])
     goal = t if settings.targeted else y
     success_at: dict[str, dict[str, float]] = {}
+    outcomes: dict[str, str] = {}
     for i in record:
         adv = torch.cat(snaps[i])
         success_at[str(i)] = {}
@@ -149,6 +166,8 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
                 pred = torch.cat([model(a.to(device)).argmax(1).cpu() for a in adv.split(500)])
             hit = pred == goal if settings.targeted else pred != goal
             success_at[str(i)][name] = float(hit.float().mean())
+            if i == settings.iters:
+                outcomes[name] = "".join("1" if h else "0" for h in hit.tolist())
     final = success_at[str(settings.iters)]
     n = len(x)
     metrics = {
@@ -157,6 +176,8 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
         "white_box": final["white_box"],
         "success_ci95": {k: list(wilson(round(v * n), n)) for k, v in final.items()},
         "success_at": success_at,
+        "image_ids": image_ids.tolist(),  # test-set indices: runs with the same seed and models share them
+        "outcomes": outcomes,  # per image, at the last iteration, for paired comparisons between methods
         "denominator": "all n_images evaluation images (each classified correctly by every model before the "
                        "attack); targeted success = predicted as the target class",
     }
