@@ -184,6 +184,15 @@ def test_cell_settings_merge_preset_overrides_and_grid_values():
     assert len({c.id for c in t3.cells("gpu")}) == len(t3.cells("gpu")) == 18
     cpu = t3.cells("cpu")  # the cpu scale: one surrogate, the zoo's other family as the only target
     assert cpu[0].settings(t3, "cpu")["targets"] == ["cnn_small"] and len(cpu) == 9
+    t2 = load_spec(SEED / "table2_defense.yaml")  # a scale with its own grid, overrides and table layout
+    other = {c.params["attack.name"]: c for c in t2.cells("cpu-attacks")}
+    assert {c.params["defense.name"] for c in other.values()} == {"d-br"} and "badnets" not in other
+    assert other["sig"].settings(t2, "cpu-attacks")["attack"] == {"name": "sig", "rate": 1.0}
+    assert "asr_before" in t2.table_at("cpu-attacks").values and "asr_before" not in t2.table_at("cpu").values
+    header, body = build_table(t2, "cpu-attacks", [{"params": other["sig"].params, "metrics": {
+        "clean_acc_before": 0.6, "asr_before": 0.9, "clean_acc": 0.58, "asr": 0.02}}])
+    assert header[1:3] == ["d-br ACC before", "d-br ASR before"]
+    assert body[[r[0] for r in body].index("sig")][1:5] == ["0.600", "0.900", "0.580", "0.020"]
 
 
 @pytest.mark.slow

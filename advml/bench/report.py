@@ -38,7 +38,7 @@ def _label(params: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
 
 def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The table of the spec's layout: (header, body); every grid row/column combination appears once."""
-    t: Table = spec.table
+    t: Table = spec.table_at(preset)
     cells = spec.cells(preset)
     row_keys = list(dict.fromkeys(_label(c.params, t.rows) for c in cells))
     col_keys = list(dict.fromkeys(_label(c.params, t.columns) for c in cells))

@@ -163,12 +163,12 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
         if _finished(folder):
             _check_same(spec.kind, folder, settings[c.id], c.id)
             if c.id not in recorded:  # finished before a kill, not yet recorded
-                _record(store, c, folder, spec.table.figures, version)
+                _record(store, c, folder, spec.table_at(preset).figures, version)
         else:
             jobs.append((c, settings[c.id], folder))
 
     def done(cell: Cell, folder: Path) -> None:
-        _record(store, cell, folder, spec.table.figures, version)
+        _record(store, cell, folder, spec.table_at(preset).figures, version)
 
     start = time.perf_counter()
     try:

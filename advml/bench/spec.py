@@ -15,6 +15,16 @@ from advml.config import Settings, deep_merge, load_yaml, validate
 from advml.errors import ConfigError
 
 
+class Table(Settings):
+    """How cells become a table: row and column keys (grid keys) and the metrics shown in each cell."""
+
+    rows: list[str]
+    columns: list[str] = Field(default_factory=list)
+    values: dict[str, str] = Field(description="metric path -> column label; a path ending in '.*' expands to "
+                                               "every key of that metric mapping")
+    figures: list[str] = Field(default_factory=list, description="PNG files of a cell folder to show")
+
+
 class Scale(Settings):
     """One preset of a spec (smoke, cpu, paper): settings under every cell and what a cell may request."""
 
@@ -27,16 +37,7 @@ class Scale(Settings):
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="'key=value' -> settings for "
                                                  "the cells with that grid value, e.g. 'attack.name=badnets'")
     hours: float | None = Field(None, ge=0, description="expected wall hours of the whole grid (documentation)")
-
-
-class Table(Settings):
-    """How cells become a table: row and column keys (grid keys) and the metrics shown in each cell."""
-
-    rows: list[str]
-    columns: list[str] = Field(default_factory=list)
-    values: dict[str, str] = Field(description="metric path -> column label; a path ending in '.*' expands to "
-                                               "every key of that metric mapping")
-    figures: list[str] = Field(default_factory=list, description="PNG files of a cell folder to show")
+    table: Table | None = Field(None, description="this scale's own table layout (default: the spec's)")
 
 
 class BenchSpec(Settings):
@@ -71,6 +72,10 @@ class BenchSpec(Settings):
             raise ConfigError(f"preset {preset!r} leaves a grid key without values")
         keys = list(grid)
         return [Cell(dict(zip(keys, values))) for values in itertools.product(*grid.values())]
+
+    def table_at(self, preset: str) -> Table:
+        """The table layout at `preset`."""
+        return self.scale(preset).table or self.table
 
     def models_at(self, preset: str) -> list[str] | None:
         """The transfer zoo at `preset`."""
