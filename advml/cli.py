@@ -332,14 +332,14 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="bench folder (default runs/bench/<spec>-<preset>)")] = None,
     ray: Annotated[str, typer.Option(help="'off' (cells in this process), 'local' (a local Ray instance) or the "
                                           "address of a Ray cluster")] = "off",
-    only: Annotated[str | None, typer.Option(help="comma-separated cell ids to run")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="cell ids to run: comma-separated and/or repeated")] = None,
 ) -> None:
     """Run a grid of runs (resumable), collect results.sqlite, render report.md and report.html."""
     from advml.bench import load_spec, run_bench
 
     s = load_spec(spec)
     folder = run_bench(s, preset, out or Path("runs/bench") / f"{s.name}-{preset}", ray=ray,
-                       only=only.split(",") if only else None)
+                       only=[c for o in only for c in o.split(",") if c] if only else None)
     typer.echo((folder / "report.md").read_text())
     typer.echo(f"wrote {folder / 'report.html'}")
 

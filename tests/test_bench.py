@@ -173,6 +173,17 @@ def test_spec_errors_name_the_key(tmp_path):
         load_spec(path)
 
 
+def test_cli_only_takes_repeated_and_comma_separated_ids(tmp_path):
+    from typer.testing import CliRunner
+
+    from advml.cli import app
+
+    args = ["bench", str(SEED / "table3_rap.yaml"), "--preset", "smoke", "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, [*args, "--only", "a,b", "--only", "c"])
+    assert r.exit_code == 2 and "['a', 'b', 'c']" in r.output  # every id reaches the check, none is dropped
+    assert not (tmp_path / "o").exists()
+
+
 def test_cell_settings_merge_preset_overrides_and_grid_values():
     spec = load_spec(SEED / "table1_issba.yaml")
     cells = {c.params["attack.name"]: c for c in spec.cells("paper")}
