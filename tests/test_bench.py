@@ -228,5 +228,5 @@ def test_html_report_opens_in_headless_chromium(tmp_path, cache):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
                           (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count('<table class="results">') == 1 and dom.count("<img") == 3
-    assert dom.count("<tr>") == 1 + 3
+    assert dom.count('<table class="results">') == 2 and dom.count("<img") == 3  # the table, paired differences
+    assert dom.count("<tr>") == (1 + 3) + (1 + 2)
