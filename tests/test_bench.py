@@ -93,6 +93,9 @@ def test_paired_table_matches_rows_to_their_base_method_on_the_same_images():
     header, body = paired_table(rows)  # rap-ls ran on other images, di+rap has no base: neither is paired
     assert header == ["cell vs its base method", "white-box", "t"] and len(body) == 1
     assert body[0][0] == "s / mi+rap" and body[0][1].startswith("+0.250 [") and body[0][2].startswith("+0.250 [")
+    assert paired_table(rows, ["u", "t"])[0] == header  # the zoo's order; white-box always first
+    assert paired_table([row("mi", {"a": "0", "b": "1"}), row("mi+rap", {"a": "1", "b": "1"})],
+                        ["b", "a"])[0][1:] == ["b", "a"]
     assert paired_table([row("mi", {"t": "0"})]) is None
 
 

@@ -70,7 +70,8 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
     return header, body
 
 
-def paired_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+def paired_table(rows: list[dict[str, Any]],
+                 order: list[str] | None = None) -> tuple[list[str], list[list[str]]] | None:
     """Transfer cells against their base method (`a+rap` vs `a`, same other parameters) on the same images:
     success difference per model with its 95 % paired interval and McNemar p; None without per-image outcomes."""
     from advml.evasion.run import paired_difference
@@ -89,7 +90,8 @@ def paired_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
     if not pairs:
         return None
     found = dict.fromkeys(k for _, _, o in pairs for k in o)
-    models = [k for k in found if k == "white_box"] + [k for k in found if k != "white_box"]
+    rank = {m: i for i, m in enumerate(["white_box", *(order or [])])}  # white-box first, then the zoo's order
+    models = sorted(found, key=lambda k: rank.get(k, len(rank)))
     header = ["cell vs its base method"] + [m.replace("white_box", "white-box") for m in models]
     body = []
     for params, a, b in pairs:
@@ -134,7 +136,7 @@ def render_report(folder: str | Path) -> tuple[Path, Path]:
     done = f"{len(rows)} of {len(spec.cells(preset))} cells finished; {seconds / 60:.1f} min of cell time; " \
            f"code {', '.join(versions) or 'n/a'}; preset {preset}"
     md = f"# {title}\n\n{done}\n\n" + _markdown(spec.name, header, body)
-    paired = paired_table(rows)
+    paired = paired_table(rows, spec.models_at(preset))
     paired_html = ""
     if paired:
         note = "Success minus the base method's on the same images; 95 % paired (Wald) interval; exact McNemar p."
