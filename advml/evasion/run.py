@@ -143,8 +143,8 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
         surrogate = model(settings.surrogate)
     targets = {name: model(name).to(device) for name in settings.targets}
     surrogate = surrogate.to(device)
-    x, y, t, image_ids = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images, data.num_classes,
-                                settings.seed, device, settings.only_correct)
+    x, y, t, image_ids = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images,
+                                           data.num_classes, settings.seed, device, settings.only_correct)
     loss = settings.loss or ("logit" if settings.targeted else "ce")
     record = tuple(i for i in CHECKPOINTS if i < settings.iters) + (settings.iters,)
     snaps: dict[int, list[Tensor]] = {i: [] for i in record}
