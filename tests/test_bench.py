@@ -141,7 +141,8 @@ def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp
     out = run_bench(spec, "smoke", tmp_path / "b", progress=False, only=[first])
     header, body = _table(out)
     assert [r.count(MISSING) for r in body] == [0, 2, 2]
-    with pytest.raises(ConfigError, match="no preset 'huge'; valid: smoke, cpu, cpu-strong, cpu-strong-eps8, gpu, paper"):
+    with pytest.raises(ConfigError,
+                       match="no preset 'huge'; valid: smoke, cpu, cpu-strong, cpu-strong-eps8, gpu, paper"):
         run_bench(spec, "huge", tmp_path / "c")
     bad = spec.model_copy(update={"grid": {**spec.grid, "method": ["mi-ti-dj"]}})
     with pytest.raises(ConfigError, match="mi-ti-dj|dj"):
