@@ -7,7 +7,6 @@ from torch import nn
 # conv widths as multiples of the base width; "M" is a 2x2 max-pool (five of them take 32x32 to 1x1)
 LAYOUTS: dict[str, list[int | str]] = {
     "vgg11": [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"],
-    "vgg16": [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"],
 }
 
 

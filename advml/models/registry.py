@@ -27,6 +27,11 @@ def _no_pretrained(name: str, pretrained: bool) -> None:
         raise ConfigError(f"model {name!r} has no pretrained weights; use pretrained=False")
 
 
+def _check_width(width: object) -> None:
+    if not isinstance(width, int) or width < 1:
+        raise ConfigError(f"width must be a positive integer, got {width!r}")
+
+
 @MODELS.register("cnn_small", "4-layer CNN (32-32-64-64) + 256-unit dense layer; fastest on CPU")
 def _cnn_small(image_size: int, in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
     _no_pretrained("cnn_small", pretrained)
@@ -37,8 +42,7 @@ def _cnn_small(image_size: int, in_channels: int, pretrained: bool) -> tuple[nn.
 @MODELS.register("resnet18_narrow", "CIFAR ResNet-18 with base width 16 (set width=...); CPU default for defenses")
 def _resnet18_narrow(image_size: int, in_channels: int, pretrained: bool, width: int = 16) -> tuple[nn.Module, int]:
     _no_pretrained("resnet18_narrow", pretrained)
-    if not isinstance(width, int) or width < 1:
-        raise ConfigError(f"width must be a positive integer, got {width!r}")
+    _check_width(width)
     net = CifarResNet(width=width, in_channels=in_channels)
     return net, net.out_dim
 
@@ -46,8 +50,7 @@ def _resnet18_narrow(image_size: int, in_channels: int, pretrained: bool, width:
 @MODELS.register("vgg11_narrow", "CIFAR VGG-11 with batch norm and base width 32 (set width=...); a fast second family")
 def _vgg11_narrow(image_size: int, in_channels: int, pretrained: bool, width: int = 32) -> tuple[nn.Module, int]:
     _no_pretrained("vgg11_narrow", pretrained)
-    if not isinstance(width, int) or width < 1:
-        raise ConfigError(f"width must be a positive integer, got {width!r}")
+    _check_width(width)
     net = CifarVGG("vgg11", width=width, in_channels=in_channels)
     return net, net.out_dim
 
