@@ -17,7 +17,7 @@ from advml.backdoor.defenses import (
     fct_scores,
     split_by_score,
 )
-from advml.backdoor.defenses.base import holdout, untrusted_view
+from advml.backdoor.defenses.base import HoldoutSettings, hold_out, holdout, selection_score, untrusted_view
 from advml.backdoor.defenses.contrastive import LinearProbe
 from advml.backdoor.defenses.dbr import ascent_loss
 from advml.backdoor.defenses.dst import mce_loss
@@ -229,6 +229,36 @@ def test_holdout_is_a_partition() -> None:
     assert b.numel() == 3 and torch.equal(torch.cat([a, b]).sort().values, idx)
     with pytest.raises(ConfigError):
         holdout(idx, 1.0, 0)
+
+
+def test_selection_score_point_and_pessimistic_by_hand() -> None:
+    z2 = 1.96**2  # Wilson bounds in closed form: lower of n of n is n / (n + z^2), upper of 0 of n is z^2 / (n + z^2)
+    assert selection_score(1.0, 200, 0.0, 50) == pytest.approx(200 / (200 + z2) - z2 / (50 + z2))
+    assert selection_score(0.955, 200, 0.06, 50, pessimistic=False) == pytest.approx(0.895)
+    # measured D-BR epochs (Trojan, cpu preset): 191/200 held-out clean right with 3/50 poisons still at the target,
+    # vs 177/200 with 0/50. The point rule keeps the first (test ASR 0.076), the pessimistic rule the second (0.012)
+    early, late = (0.955, 200, 0.06, 50), (0.885, 200, 0.0, 50)
+    assert selection_score(*early, pessimistic=False) > selection_score(*late, pessimistic=False)
+    assert selection_score(*late) > selection_score(*early)
+
+
+def test_hold_out_sizes_and_selection_setting() -> None:
+    split = Split(clean=torch.arange(0, 40), poisoned=torch.arange(90, 100), uncertain=torch.arange(40, 90),
+                  scores=torch.zeros(100))
+    data = _data(100)
+    held = hold_out(data, split, HoldoutSettings(holdout_fraction=0.2), seed=0)
+    assert (held.clean.numel(), held.poisoned.numel()) == (32, 8)
+    assert {k: len(v) for k, v in held.evals.items()} == {"holdout_clean": 8, "holdout_poison": 2}
+    assert torch.equal(held.clean, holdout(split.clean, 0.2, 1)[0])  # D_c held out with seed + 1, D_p with seed
+    assert torch.equal(held.poisoned, holdout(split.poisoned, 0.2, 0)[0])
+    record = {"holdout_clean": 1.0, "holdout_poison": 0.5}
+    assert held.select(record) == pytest.approx(selection_score(1.0, 8, 0.5, 2))
+    point = hold_out(data, split, HoldoutSettings(holdout_fraction=0.2, selection="point"), seed=0)
+    assert point.select(record) == 0.5
+    none = hold_out(data, split, HoldoutSettings(holdout_fraction=0.0), seed=0)
+    assert none.evals == {} and none.select is None and none.clean.numel() == 40
+    with pytest.raises(ConfigError):
+        HoldoutSettings(selection="best-test")
 
 
 def test_untrusted_view_hides_poison_flags(sample) -> None:

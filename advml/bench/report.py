@@ -9,6 +9,7 @@ from typing import Any
 
 from advml.bench.spec import BenchSpec, Table
 from advml.bench.store import ResultStore
+from advml.stats import paired_difference
 from advml.utils.io import write_text_atomic
 
 MISSING = "n/a"  # a cell of the grid that has not finished
@@ -74,8 +75,6 @@ def paired_table(rows: list[dict[str, Any]],
                  order: list[str] | None = None) -> tuple[list[str], list[list[str]]] | None:
     """Transfer cells against their base method (`a+rap` vs `a`, same other parameters) on the same images:
     success difference per model with its 95 % paired interval and McNemar p; None without per-image outcomes."""
-    from advml.evasion.run import paired_difference
-
     def key(params: dict[str, Any], method: str) -> str:
         return repr(sorted({**params, "method": method}.items()))
 

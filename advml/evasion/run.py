@@ -3,7 +3,6 @@ target models (and white-box on the surrogate), at several iteration counts; met
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from advml.evasion.zoo import ZooSettings, zoo_model
 from advml.metrics import predict
 from advml.models import MODELS, build_model, load_weights
 from advml.run import prepare_out
+from advml.stats import wilson
 from advml.utils.io import atomic_path, write_json, write_text_atomic
 from advml.utils.runtime import resolve_device, seed_everything
 
@@ -71,31 +71,6 @@ class TransferSettings(Settings):
         for name in v:
             MODELS.get(name)
         return v
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def paired_difference(a: str, b: str, z: float = 1.96) -> dict[str, float]:
-    """Success of b minus success of a on the same images (outcome strings of 0/1): the difference, its Wald
-    interval for paired proportions and the exact two-sided McNemar p-value (binomial on discordant pairs)."""
-    if len(a) != len(b) or not a or set(a + b) - {"0", "1"}:
-        raise ConfigError("paired outcomes must be equal-length, non-empty strings of 0 and 1")
-    n = len(a)
-    gain = sum(x == "0" and y == "1" for x, y in zip(a, b))  # b succeeds where a fails
-    loss = sum(x == "1" and y == "0" for x, y in zip(a, b))
-    diff = (gain - loss) / n
-    half = z * math.sqrt(max(gain + loss - (gain - loss) ** 2 / n, 0.0)) / n
-    k, m = min(gain, loss), gain + loss
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
-    return {"diff": diff, "lo": diff - half, "hi": diff + half, "gain": gain, "loss": loss, "p_mcnemar": p}
 
 
 def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_classes: int, seed: int,

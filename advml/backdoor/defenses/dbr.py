@@ -11,8 +11,8 @@ from advml.backdoor.defenses.base import (
     Defense,
     DefenseContext,
     DefenseResult,
-    DefenseSettings,
-    holdout,
+    HoldoutSettings,
+    hold_out,
 )
 from advml.backdoor.defenses.sd import SDSettings, distinguish
 from advml.data.base import ImageDataset
@@ -20,7 +20,7 @@ from advml.errors import ConfigError
 from advml.train import Batch, TrainConfig, Trainer, cross_entropy
 
 
-class DBRSettings(DefenseSettings):
+class DBRSettings(HoldoutSettings):
     """The official `unlearn_relearn.py` settings; model selection on held-out D_c/D_p, not test labels."""
 
     sd: SDSettings = Field(default_factory=SDSettings)
@@ -30,8 +30,6 @@ class DBRSettings(DefenseSettings):
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
     augment: str = Field("standard", pattern="^(standard|none)$", description="crop (pad 4) + flip")
-    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="share of D_c and of D_p kept out of training "
-                                    "to pick the epoch with the best held-out acc(D_c) - acc(D_p)")
 
 
 def ascent_loss(model: nn.Module, batch: Batch) -> Tensor:
@@ -50,19 +48,15 @@ class DBR(Defense):
         if ctx.backdoored is None:
             raise ConfigError("D-BR purifies a trained model; none was given")
         s = self.settings
-        split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
-                            checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
-        p_train, p_hold = holdout(split.poisoned, s.holdout_fraction, ctx.seed)
-        c_train, c_hold = holdout(split.clean, s.holdout_fraction, ctx.seed + 1)
-        if p_train.numel() == 0 or c_train.numel() == 0:
+        split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device,
+                            progress=ctx.progress, checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
+        held = hold_out(train, split, s, ctx.seed)
+        if held.poisoned.numel() == 0 or held.clean.numel() == 0:
             raise ConfigError("D_p or D_c is empty; use a larger training set or larger ratios")
         config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
                              weight_decay=s.weight_decay, schedule="constant", augment=s.augment, device=ctx.device,
                              progress=ctx.progress)
         trainer = Trainer(ctx.backdoored, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("unlearn_relearn"))
-        evals = {"holdout_clean": train.subset(c_hold), "holdout_poison": train.subset(p_hold)} \
-            if p_hold.numel() and c_hold.numel() else {}
-        history = trainer.fit([(train.subset(p_train), ascent_loss), (train.subset(c_train), cross_entropy)],
-                              evals, resume=ctx.resume,
-                              select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None)
+        history = trainer.fit([(train.subset(held.poisoned), ascent_loss), (train.subset(held.clean), cross_entropy)],
+                              held.evals, resume=ctx.resume, select=held.select)
         return DefenseResult(ctx.backdoored, split, {"history": history})

@@ -14,7 +14,8 @@ from advml.backdoor.defenses.base import (
     DefenseContext,
     DefenseResult,
     DefenseSettings,
-    holdout,
+    HoldoutSettings,
+    hold_out,
 )
 from advml.backdoor.defenses.compute import ComputeLog
 from advml.backdoor.defenses.contrastive import (
@@ -42,15 +43,13 @@ def mce_loss(is_poisoned: Tensor, lambda_p: float):
     return loss
 
 
-class DSTSettings(DefenseSettings):
+class DSTSettings(HoldoutSettings):
     """The official ST module's settings (paper scale: 200 contrastive epochs, batch 512)."""
 
     sd: SDSettings = Field(default_factory=SDSettings)
     encoder: ContrastiveSettings = Field(default_factory=ContrastiveSettings)
     classifier: ProbeSettings = Field(default_factory=ProbeSettings)
     lambda_p: float = Field(0.001, ge=0, description="weight of the ascent term on D_p in the MCE loss")
-    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="share of D_c and of D_p kept out of the MCE "
-                                    "stage to pick its epoch by held-out acc(D_c) - acc(D_p)")
 
 
 class DST(Defense):
@@ -72,19 +71,15 @@ class DST(Defense):
             model = train_encoder(ctx.new_model(), train, s.encoder, supervised=supervised, use_labels=True,
                                   seed=ctx.seed, device=ctx.device, progress=ctx.progress,
                                   checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
-        p_train, p_hold = holdout(split.poisoned, s.holdout_fraction, ctx.seed)
-        c_train, c_hold = holdout(split.clean, s.holdout_fraction, ctx.seed + 1)
-        if c_train.numel() == 0:
+        held = hold_out(train, split, s, ctx.seed)
+        if held.clean.numel() == 0:
             raise ConfigError("D_c is empty; use a larger training set or a larger clean_ratio")
-        index = torch.cat([c_train, p_train])
-        is_poisoned = torch.cat([torch.zeros(c_train.numel(), dtype=torch.bool),
-                                 torch.ones(p_train.numel(), dtype=torch.bool)])
-        evals = {"holdout_clean": train.subset(c_hold), "holdout_poison": train.subset(p_hold)} \
-            if p_hold.numel() and c_hold.numel() else {}
+        index = torch.cat([held.clean, held.poisoned])
+        is_poisoned = torch.cat([torch.zeros(held.clean.numel(), dtype=torch.bool),
+                                 torch.ones(held.poisoned.numel(), dtype=torch.bool)])
         with compute.stage("classifier", epochs=s.classifier.epochs, images=index.numel()):
             history = train_probe(model, train.subset(index), s.classifier, mce_loss(is_poisoned, s.lambda_p),
-                                  evals=evals,
-                                  select=(lambda r: r["holdout_clean"] - r["holdout_poison"]) if evals else None,
+                                  evals=held.evals, select=held.select,
                                   seed=ctx.seed, device=ctx.device, progress=ctx.progress,
                                   checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
         return DefenseResult(model, split, {"history": history, "metrics": {"defense_compute": compute.report()}})
