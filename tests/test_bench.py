@@ -150,6 +150,14 @@ def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp
     assert not (tmp_path / "d").exists()
     with pytest.raises(ConfigError, match="another spec or preset"):
         run_bench(spec, "cpu", out)
+    smoke = spec.presets["smoke"]
+    grown = spec.model_copy(update={"title": "renamed", "presets": {  # a new preset, other scheduling hints
+        **spec.presets, "smoke": smoke.model_copy(update={"hours": 9.0}), "extra": spec.presets["cpu"]}})
+    run_bench(grown, "smoke", out, progress=False, only=[first])
+    changed = spec.model_copy(update={"presets": {**spec.presets, "smoke": smoke.model_copy(
+        update={"settings": {**smoke.settings, "seed": 7}})}})
+    with pytest.raises(ConfigError, match="another spec or preset"):
+        run_bench(changed, "smoke", out, only=[first])
     config = out / "cells" / first / "config.yaml"
     text = config.read_text()
     assert "pretrained: false\n" in text

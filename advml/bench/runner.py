@@ -126,6 +126,15 @@ def _ray(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callabl
     bar.close()
 
 
+def _same_bench(previous: dict[str, Any], spec: BenchSpec, preset: str) -> bool:
+    """Whether a folder's recorded spec and preset give the same cells and table as `spec` at `preset`."""
+    try:
+        before = validate(BenchSpec, previous.get("spec", {}))
+        return previous.get("preset") == preset and before.identity(preset) == spec.identity(preset)
+    except ConfigError:  # another spec, or one without this preset
+        return False
+
+
 def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None = "off",
               progress: bool = True, only: list[str] | None = None) -> Path:
     """Run the spec's grid at `preset` into `out` (cells/<id>/, results.sqlite, report.md, report.html).
@@ -148,10 +157,9 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "spec.yaml"
     record = {"spec": spec.model_dump(mode="json"), "preset": preset}
-    if previous.is_file() and load_yaml(previous) != record:
+    if previous.is_file() and not _same_bench(load_yaml(previous), spec, preset):
         raise ConfigError(f"{out} holds a bench of another spec or preset; use a new --out")
-    if not previous.is_file():
-        write_text_atomic(previous, dump_yaml(record))
+    write_text_atomic(previous, dump_yaml(record))
     store = ResultStore(out / "results.sqlite")
     store.set_meta("spec", record["spec"])
     store.set_meta("preset", preset)

@@ -73,6 +73,14 @@ class BenchSpec(Settings):
         keys = list(grid)
         return [Cell(dict(zip(keys, values))) for values in itertools.product(*grid.values())]
 
+    def identity(self, preset: str) -> dict[str, Any]:
+        """What makes a bench folder this spec at `preset`: its cells, their settings and its table. Other presets,
+        the title and scheduling hints (cpus, gpus, hours) may change without making a folder another bench."""
+        s = self.scale(preset)
+        return {"name": self.name, "kind": self.kind, "cells": [c.params for c in self.cells(preset)],
+                "models": self.models_at(preset), "preset": preset, "run_preset": s.preset, "settings": s.settings,
+                "overrides": s.overrides, "table": self.table_at(preset).model_dump(mode="json")}
+
     def table_at(self, preset: str) -> Table:
         """The table layout at `preset`."""
         return self.scale(preset).table or self.table
