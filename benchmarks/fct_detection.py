@@ -5,8 +5,11 @@ normalisation.
 Usage: ADVML_DATA_DIR=../shared/data python benchmarks/fct_detection.py [--attacks badnets,blend_kitty]
        [--sizes 10000] [--widths 16,32] [--finetune 4,10] [--transforms rotate+translate,translate]
        [--draws 1,4] [--normalize both|no|yes] [--out runs/fct_detection]
+   or: ... python benchmarks/fct_detection.py --cell runs/bench/<bench>/cells/<cell> [--transforms ...]
+       scores the SD model a finished D-BR/D-ST run trained (its checkpoint), on that run's poisoned data.
 Each trained SD model is kept under --out (safetensors) and reused; scoring variants are cheap.
-Prints one markdown table and writes --out/table.json.
+Prints one markdown table and writes --out/table.json. AUROC is the FCT score's ranking of poisoned over clean
+samples: 0.5 is chance, below 0.5 means poisoned samples' features move *less* than clean ones.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from advml.backdoor.attacks import build_attack
 from advml.backdoor.defenses.fct import fct_scores
 from advml.backdoor.defenses.sd import SDSettings, split_by_score, train_sd_model
+from advml.config import load_yaml, validate
 from advml.data import load_dataset
 from advml.models import build_model
 from advml.utils.io import load_tensors, save_tensors, write_text_atomic
@@ -41,9 +46,15 @@ def main() -> None:
     ap.add_argument("--draws", default="1,4")
     ap.add_argument("--normalize", choices=("both", "no", "yes"), default="both", help="L2-normalised features")
     ap.add_argument("--out", default="runs/fct_detection")
+    ap.add_argument("--cell", type=Path, help="a finished D-BR/D-ST run folder: score its SD model on its data")
     args = ap.parse_args()
     out = Path(args.out)
-    rows = []
+    rows: list[dict] = []
+    if args.cell is not None:
+        model, poisoned, key = _cell_model(args.cell)
+        _score(model, poisoned, key, 0.0, args, rows)
+        _report(out, rows)
+        return
     for attack, n, width, ft in itertools.product(args.attacks.split(","), _ints(args.sizes), _ints(args.widths),
                                                   _ints(args.finetune)):
         data = load_dataset("cifar10", train_size=n, test_size=100, seed=0, download=False)
@@ -60,23 +71,52 @@ def main() -> None:
             train_sd_model(model, poisoned, SDSettings(finetune_epochs=ft), progress=False)
             train_s = time.perf_counter() - start
             save_tensors(path, model.state_dict(), {"seconds": repr(train_s)})
-        norms = {"both": (False, True), "no": (False,), "yes": (True,)}[args.normalize]
-        for tau, draws, norm in itertools.product(args.transforms.split(","), _ints(args.draws), norms):
-            start = time.perf_counter()
-            scores = fct_scores(model, poisoned, transforms=tau.split("+"), draws=draws, normalize=norm)
-            m = split_by_score(scores).metrics(poisoned.poison_flags)
-            row = {"attack": attack, "train_size": n, "width": width, "finetune_epochs": ft, "transforms": tau,
-                   "draws": draws, "normalize": norm, **m, "train_s": round(train_s), "score_s": round(time.perf_counter() - start)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        key = {"attack": attack, "train_size": n, "width": width, "finetune_epochs": ft}
+        _score(model, poisoned, key, train_s, args, rows)
+    _report(out, rows)
+
+
+def _cell_model(cell: Path) -> tuple[torch.nn.Module, object, dict]:
+    """The SD model a finished run trained (checkpoint) and that run's poisoned training set."""
+    from advml.run import BackdoorRunSettings, _model_factory
+
+    s = validate(BackdoorRunSettings, load_yaml(cell / "config.yaml"))
+    data = load_dataset(s.dataset, s.data_dir, train_size=s.train_size, test_size=s.test_size, seed=s.seed,
+                        download=False)
+    poisoned = build_attack(s.attack).poison(data.train, seed=s.seed)
+    sd = s.defense.get("sd") or {}
+    model = _model_factory(s, data, init=False)(sd.get("model"))
+    tensors, _ = load_tensors(cell / "checkpoints" / "defense" / "sd" / "sd_finetune" / "last.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    width = s.model_options.get("width", s.model)
+    return model, poisoned, {"attack": s.attack.get("name"), "train_size": s.train_size, "width": width,
+                             "finetune_epochs": sd.get("finetune_epochs", SDSettings().finetune_epochs)}
+
+
+def _score(model: torch.nn.Module, poisoned, key: dict, train_s: float, args, rows: list[dict]) -> None:
+    norms = {"both": (False, True), "no": (False,), "yes": (True,)}[args.normalize]
+    flags = poisoned.poison_flags
+    for tau, draws, norm in itertools.product(args.transforms.split(","), _ints(args.draws), norms):
+        start = time.perf_counter()
+        scores = fct_scores(model, poisoned, transforms=tau.split("+"), draws=draws, normalize=norm)
+        m = split_by_score(scores).metrics(flags)
+        row = {**key, "transforms": tau, "draws": draws, "normalize": norm, **m,
+               "auroc": float(binary_auroc(scores, flags.long())), "train_s": round(train_s),
+               "score_s": round(time.perf_counter() - start)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def _report(out: Path, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "table.json", json.dumps(rows, indent=1))
-    print("\n| attack | N | width | ft ep | tau | draws | L2 norm | D_p precision | D_p recall | D_c poisoned |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| attack | N | width | ft ep | tau | draws | L2 norm | D_p precision | D_p recall | D_c poisoned "
+          "| AUROC |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attack']} | {r['train_size']} | {r['width']} | {r['finetune_epochs']} | {r['transforms']} | {r['draws']} | "
-              f"{r['normalize']} | {r['detect_precision']:.3f} | {r['detect_recall']:.3f} | "
-              f"{r['clean_split_poison_rate']:.4f} |")
+        print(f"| {r['attack']} | {r['train_size']} | {r['width']} | {r['finetune_epochs']} | {r['transforms']} | "
+              f"{r['draws']} | {r['normalize']} | {r['detect_precision']:.3f} | {r['detect_recall']:.3f} | "
+              f"{r['clean_split_poison_rate']:.4f} | {r['auroc']:.3f} |")
 
 
 if __name__ == "__main__":
