@@ -61,6 +61,11 @@ LossFn = Callable[[nn.Module, Batch], Tensor]
 Phase = tuple[ImageDataset, LossFn]  # one pass over a dataset with its own loss, within an epoch
 
 
+def model_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model weights among a checkpoint's tensors (keys `model.*`; optimiser and RNG state left out)."""
+    return {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
 def cross_entropy(model: nn.Module, batch: Batch) -> Tensor:
     """The default loss: cross-entropy of the model's logits."""
     return F.cross_entropy(model(batch.x), batch.y)
@@ -183,7 +188,7 @@ class Trainer:
         if meta.get("config") != self._config_key() or meta.get("seed") != str(self.seed):
             raise ConfigError(f"{path}: checkpoint was written with other training settings or seed; "
                               "resume with the same settings or use another output folder")
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.model.load_state_dict(model_state(tensors))
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):

@@ -29,6 +29,7 @@ from advml.backdoor.defenses.sd import SDSettings, split_by_score, train_sd_mode
 from advml.config import load_yaml, validate
 from advml.data import load_dataset
 from advml.models import build_model
+from advml.train import model_state
 from advml.utils.io import load_tensors, save_tensors, write_text_atomic
 
 
@@ -87,7 +88,7 @@ def _cell_model(cell: Path) -> tuple[torch.nn.Module, object, dict]:
     sd = s.defense.get("sd") or {}
     model = _model_factory(s, data, init=False)(sd.get("model"))
     tensors, _ = load_tensors(cell / "checkpoints" / "defense" / "sd" / "sd_finetune" / "last.safetensors")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(model_state(tensors))
     width = s.model_options.get("width", s.model)
     return model, poisoned, {"attack": s.attack.get("name"), "train_size": s.train_size, "width": width,
                              "finetune_epochs": sd.get("finetune_epochs", SDSettings().finetune_epochs)}

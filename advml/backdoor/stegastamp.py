@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from advml.config import Settings
 from advml.data.base import ImageDataset, as_image_dataset, balanced_indices
 from advml.errors import ConfigError, DataError, InputError, NumericalError
+from advml.train import model_state
 from advml.utils.checks import check_images
 from advml.utils.io import load_tensors, save_tensors
 from advml.utils.runtime import resolve_device
@@ -315,7 +316,7 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
         if meta.get("key") != key:
             raise ConfigError(f"{ckpt}: checkpoint was written with other StegaStamp settings; resume with the "
                               "same settings or use another folder")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(model_state(tensors))
         _restore_optim("adam", opt, tensors, json.loads(meta["adam_scalars"]), json.loads(meta["adam_groups"]), dev)
         if critic_opt is not None:
             _restore_optim("rms", critic_opt, tensors, json.loads(meta["rms_scalars"]),
