@@ -357,6 +357,13 @@ def report(folder: Annotated[Path, typer.Argument(help="a bench folder holding r
 
 def main() -> None:
     """Entry point of the `advml` command."""
+    import logging
+
+    handler = logging.StreamHandler()  # advml's own notes (e.g. the precision chosen) on stderr, one line each
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("advml")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     app()
 
 

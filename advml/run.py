@@ -176,6 +176,12 @@ def _split_outputs(out: Path, split: Split, poisoned: Any, name: str, score: str
             "poisoned": split.poisoned.numel(), "uncertain": split.uncertain.numel()}}
 
 
+def _throughput(timing: dict[str, Any]) -> dict[str, Any]:
+    """A trainer's timing with its images per second (training steps only, all resumes together)."""
+    secs = timing.get("train_seconds") or 0.0
+    return {**timing, "images_per_second": timing.get("images", 0) / secs if secs else None}
+
+
 def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool = False,
                  overwrite: bool = False) -> RunResult:
     """Poison the training set, train on it (and defend), measure clean accuracy, ASR and trigger stealth."""
@@ -191,11 +197,13 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
     metrics: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     backdoored = None
+    timing: dict[str, Any] = {}
     if defense.needs_backdoored_model:
         torch.manual_seed(settings.seed)
         backdoored = new_model()
         trainer = Trainer(backdoored, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
         history = trainer.fit(poisoned, evals, resume=resume)
+        timing = {"precision": trainer.precision.describe(), "train": _throughput(trainer.timing)}
     model = backdoored
     if defense.name != "none":
         if backdoored is not None:
@@ -233,7 +241,7 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
         "history": history,
     })
     metrics = {k: metrics[k] for k in ("clean_acc", "asr")} | metrics
-    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    write_json(out / "timing.json", {"seconds": time.perf_counter() - start, **timing})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)
 

@@ -1,31 +1,39 @@
-"""The one training loop: SGD/Adam, cosine schedule, batched augmentation, per-epoch evaluation,
-atomic checkpoints and resume. Defenses plug in their own loss through `loss_fn`."""
+"""The one training loop: SGD/Adam, cosine / multistep / one-cycle schedules, batched augmentation on the device,
+bf16 autocast + channels_last where the device has bf16 units, lookahead, per-epoch evaluation, atomic checkpoints
+and resume. Defenses plug in their own loss through `loss_fn`."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from advml.config import Settings
-from advml.data.base import ImageDataset, as_image_dataset
+from advml.data.base import ImageDataset, TensorImageDataset, as_image_dataset
 from advml.errors import ConfigError, NumericalError
 from advml.metrics import accuracy
-from advml.utils.io import load_tensors, save_tensors
+from advml.utils.io import load_json, load_tensors, save_tensors, write_json
+from advml.utils.precision import AmpSetting, autocast, parse_amp, resolve_precision, set_precision
 from advml.utils.runtime import resolve_device
 
 CHECKPOINT_NAME = "last.safetensors"
 BEST_NAME = "best.safetensors"
+RESIDENT_BYTES = 4 << 30  # a training set up to this size is held as one tensor on the device
+DATA_INIT_IMAGES = 5000  # images a model's data-dependent init sees (airbench: 5,000)
+_FLIP_STREAM = 0x5EED_F11B  # the alternating flip's fixed per-sample draw, apart from the data-order stream
 
 
 class TrainConfig(Settings):
@@ -37,16 +45,41 @@ class TrainConfig(Settings):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    nesterov: bool = False
+    schedule: Literal["cosine", "multistep", "constant", "onecycle"] = Field(
+        "cosine", description="per epoch (cosine, multistep, constant) or per step (onecycle: linear from "
+                              "onecycle_start x lr up to lr at onecycle_peak of training, down to onecycle_end x lr)")
     milestones: list[int] = Field(default_factory=list, description="epochs where multistep multiplies lr by gamma")
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
-    augment: Literal["standard", "none"] = Field("standard", description="random crop (pad 4) + horizontal flip")
-    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored elsewhere)")
+    onecycle_start: float = Field(0.2, ge=0)
+    onecycle_peak: float = Field(0.23, gt=0, lt=1)
+    onecycle_end: float = Field(0.07, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="of the default cross-entropy loss")
+    norm_bias_lr_scale: float = Field(1.0, gt=0, description="lr multiplier for batch-norm shifts (weight decay "
+                                                              "divided by it: the same decay per step)")
+    lookahead_every: int = Field(0, ge=0, description="every k steps pull the weights to their slow average and "
+                                                      "restart from it (0: off); airbench: 5")
+    lookahead_decay: float = Field(0.95 ** 5, ge=0, lt=1, description="slow-average weight, ramped as "
+                                                                     "decay x (step / total)^3")
+    augment: Literal["standard", "none"] = Field("standard", description="random crop (pad crop_padding) + "
+                                                                         "horizontal flip")
+    crop_padding: int = Field(4, ge=0)
+    pad_mode: Literal["zeros", "reflect"] = "zeros"
+    flip: Literal["random", "alternating"] = Field("random", description="alternating: a fixed random half of "
+                                                  "the images flipped in even epochs, the other half in odd ones")
+    amp: AmpSetting = Field("auto", description="bf16 autocast + channels_last: auto (where the device has bf16 "
+                                                "units), true or false")
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
     device: str = "auto"
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0, description="loader processes for file-backed datasets")
     progress: bool = True
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp(cls, v: Any) -> AmpSetting:
+        return parse_amp(v)
 
 
 class Batch(NamedTuple):
@@ -66,27 +99,31 @@ def model_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
-def cross_entropy(model: nn.Module, batch: Batch) -> Tensor:
-    """The default loss: cross-entropy of the model's logits."""
-    return F.cross_entropy(model(batch.x), batch.y)
+def cross_entropy(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
+    """The default loss: cross-entropy of the model's logits (float32)."""
+    return F.cross_entropy(model(batch.x).float(), batch.y, label_smoothing=label_smoothing)
 
 
 def standard_augment(x: Tensor, generator: torch.Generator, padding: int = 4, *, draws: int | None = None,
-                     offset: int = 0) -> Tensor:
-    """Per-image random crop with zero padding and random horizontal flip, for a whole batch at once.
+                     offset: int = 0, pad_mode: str = "zeros", flip: Tensor | None = None,
+                     channels_last: bool = False) -> Tensor:
+    """Per-image random crop with zero (or reflect) padding and random horizontal flip, for a whole batch at once.
 
     `draws`/`offset`: draw the parameters of a `draws`-image batch and use images offset.. of them (a DDP rank's
-    share of the global batch, so every rank's generator stays in step)."""
+    share of the global batch, so every rank's generator stays in step). `flip`: which images to mirror, instead
+    of a random half. `channels_last`: return the batch in that memory format (it comes out of the gather so)."""
     n, _, h, w = x.shape
     total = draws if draws is not None else n
     off = torch.randint(0, 2 * padding + 1, (2, total), generator=generator)[:, offset:offset + n].to(x.device)
-    flip = (torch.rand(total, generator=generator) < 0.5)[offset:offset + n].to(x.device)
-    xp = F.pad(x, (padding,) * 4)
+    if flip is None:
+        flip = (torch.rand(total, generator=generator) < 0.5)[offset:offset + n]
+    flip = flip.to(x.device)
+    xp = F.pad(x, (padding,) * 4, mode="reflect" if pad_mode == "reflect" else "constant")
     rows = off[0, :, None] + torch.arange(h, device=x.device)
     cols = off[1, :, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
+    out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
 
 
 class _BatchView(torch.utils.data.Dataset):
@@ -118,17 +155,14 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         if self.device.type == "cuda" and _distributed():  # torchrun: one GPU per process
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        self.model = model.to(self.device)
-        self.loss_fn = loss_fn
+        self.precision = resolve_precision(self.config.amp, self.device)
+        self.model = set_precision(model.to(self.device), self.precision)
+        self.loss_fn = functools.partial(cross_entropy, label_smoothing=self.config.label_smoothing) \
+            if loss_fn is cross_entropy and self.config.label_smoothing else loss_fn
         self.seed = seed
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
-        c = self.config
-        if c.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
-                                                                    weight_decay=c.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        self.optimizer = self._optimizer(params)
         self.generator = torch.Generator().manual_seed(seed)
         # torchrun / torch.distributed: every rank takes its contiguous share of each global batch, DDP averages
         # the gradients, rank 0 alone writes checkpoints
@@ -143,13 +177,50 @@ class Trainer:
                                   "may call sub-modules that DDP does not synchronise)")
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.compiled = False
+        if self.config.compile:
+            self._compile()
         self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps taken (the one-cycle schedule and lookahead count them)
         self.history: list[dict[str, Any]] = []
+        self.slow: dict[str, Tensor] | None = None  # lookahead's slow weights
+        self.timing: dict[str, Any] = {"train_seconds": 0.0, "images": 0, "compile_seconds": None}
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        c = self.config
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if c.norm_bias_lr_scale != 1.0:  # batch-norm shifts at a higher lr, the same weight decay per step
+            norm = {id(m.bias) for m in self.model.modules()
+                    if isinstance(m, nn.modules.batchnorm._NormBase) and m.bias is not None}
+            shifts = [p for p in params if id(p) in norm]
+            groups = [{"params": [p for p in params if id(p) not in norm]},
+                      {"params": shifts, "lr_scale": c.norm_bias_lr_scale,
+                       "weight_decay": c.weight_decay / c.norm_bias_lr_scale}]
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                   nesterov=c.nesterov and c.momentum > 0)
+        return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
+
+    def _compile(self) -> None:
+        dynamo = getattr(torch, "_dynamo", None)
+        if dynamo is None or not dynamo.is_dynamo_supported():
+            warnings.warn("torch.compile is not available here; training runs eagerly", stacklevel=3)
+            return
+        self.net, self.compiled = torch.compile(self.net), True
 
     # --- schedule -------------------------------------------------------------------------------------
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate during epoch `epoch` (0-based): warm-up, then cosine / multistep / constant."""
+    def lr_at(self, epoch: float) -> float:
+        """Learning rate at (fractional) epoch `epoch`: warm-up, then cosine / multistep / constant per whole
+        epoch, or one-cycle per step."""
         c = self.config
+        if c.schedule == "onecycle":
+            frac = min(max(epoch / c.epochs, 0.0), 1.0)
+            if frac < c.onecycle_peak:
+                t = frac / c.onecycle_peak
+                return c.lr * (c.onecycle_start * (1 - t) + t)
+            t = (frac - c.onecycle_peak) / (1 - c.onecycle_peak)
+            return c.lr * ((1 - t) + c.onecycle_end * t)
+        epoch = int(epoch)
         if epoch < c.warmup_epochs:
             return c.lr * (epoch + 1) / (c.warmup_epochs + 1)
         if c.schedule == "cosine":
@@ -159,14 +230,32 @@ class Trainer:
             return c.lr * c.gamma ** sum(epoch >= m for m in c.milestones)
         return c.lr
 
+    def _set_lr(self, epoch: float) -> None:
+        lr = self.lr_at(epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+
+    # --- lookahead ------------------------------------------------------------------------------------
+    def _lookahead(self, total_steps: int, final: bool = False) -> None:
+        """airbench's lookahead: slow = lerp(slow, fast, 1 - decay), fast = slow; at the end fast = slow."""
+        state = self.model.state_dict()
+        if self.slow is None:  # a model trained from a later epoch by another Trainer
+            self.slow = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+        decay = 1.0 if final else self.config.lookahead_decay * (self.step / max(total_steps, 1)) ** 3
+        with torch.no_grad():
+            for k, slow in self.slow.items():
+                slow.lerp_(state[k], 1 - decay)
+                state[k].copy_(slow)
+
     # --- checkpoints ----------------------------------------------------------------------------------
     def _config_key(self) -> str:
-        ignore = {"progress", "device", "num_workers", "eval_batch_size"}
+        ignore = {"progress", "device", "num_workers", "eval_batch_size", "compile"}
         return json.dumps({k: v for k, v in self.config.model_dump().items() if k not in ignore}, sort_keys=True)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write model, optimizer, RNG and progress to one safetensors file, atomically."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"slow.{k}": v for k, v in (self.slow or {}).items()})
         opt = self.optimizer.state_dict()
         scalars: dict[str, Any] = {}
         for pid, state in opt["state"].items():
@@ -177,10 +266,12 @@ class Trainer:
                     scalars[f"{pid}.{key}"] = val
         tensors["rng.data"] = self.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
-        meta = {"epoch": str(self.epoch), "history": json.dumps(self.history), "config": self._config_key(),
-                "seed": str(self.seed), "param_groups": json.dumps(opt["param_groups"]),
+        meta = {"epoch": str(self.epoch), "step": str(self.step), "history": json.dumps(self.history),
+                "config": self._config_key(), "seed": str(self.seed), "param_groups": json.dumps(opt["param_groups"]),
                 "optim_scalars": json.dumps(scalars)}
         save_tensors(path, tensors, meta)
+        # wall-clock figures beside the checkpoint, not in it: a checkpoint's content is a function of the seed
+        write_json(Path(path).with_suffix(".timing.json"), self.timing)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore everything `save_checkpoint` wrote; the training settings must be the same."""
@@ -189,6 +280,8 @@ class Trainer:
             raise ConfigError(f"{path}: checkpoint was written with other training settings or seed; "
                               "resume with the same settings or use another output folder")
         self.model.load_state_dict(model_state(tensors))
+        slow = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("slow.")}
+        self.slow = slow or None
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
@@ -201,49 +294,121 @@ class Trainer:
         self.generator.set_state(tensors["rng.data"])
         torch.set_rng_state(tensors["rng.torch"])
         self.epoch = int(meta["epoch"])
+        self.step = int(meta.get("step", 0))
         self.history = json.loads(meta["history"])
+        timing = Path(path).with_suffix(".timing.json")
+        if timing.is_file():  # the time spent before the interruption: timings sum over resumes
+            saved = load_json(timing)
+            if isinstance(saved, dict):
+                self.timing.update({k: v for k, v in saved.items() if k in self.timing
+                                    and (v is None or isinstance(v, (int, float)))})
 
-    # --- loop -----------------------------------------------------------------------------------------
+    # --- data -----------------------------------------------------------------------------------------
+    def resident(self, data: ImageDataset) -> ImageDataset:
+        """`data` as one tensor on the training device (uint8 where that is lossless), when it fits in
+        RESIDENT_BYTES; batches are then sliced, converted and augmented on the device."""
+        if self.config.num_workers or (isinstance(data, TensorImageDataset) and data.images.device == self.device):
+            return data
+        c, h, w = data.image_shape
+        if len(data) * c * h * w * 4 > RESIDENT_BYTES:
+            return data
+        x, y = data.tensors()
+        q = x.mul(255).round_()
+        if torch.equal(q.div(255), x):
+            x = q.to(torch.uint8)
+        return TensorImageDataset(x.to(self.device), y.to(self.device), data.classes)
+
+    def _data_init(self, data: ImageDataset) -> None:
+        """A model that asks for it (e.g. AirNet's whitening) is initialised from a seeded random sample."""
+        init = getattr(self.model, "data_init", None)
+        if init is None or not getattr(self.model, "needs_data_init", False):
+            return
+        gen = torch.Generator().manual_seed(self.seed ^ 0xDA7A)
+        idx = torch.randperm(len(data), generator=gen)[:DATA_INIT_IMAGES]
+        init(data.get_batch(idx.to(_index_device(data)))[0].to(self.device))
+
     def _batches(self, data: ImageDataset) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
-        perm = torch.randperm(len(data), generator=self.generator).tolist()
+        perm = torch.randperm(len(data), generator=self.generator)
         b = self.config.batch_size
-        chunks = [perm[i:i + b] for i in range(0, len(perm), b)]
+        chunks = list(perm.split(b))
         if self.world > 1:  # equal steps on every rank: the last partial global batch is dropped
             share = b // self.world
             chunks = [c[self.rank * share:(self.rank + 1) * share] for c in chunks if len(c) == b]
         if self.config.num_workers == 0:
-            return (_BatchView(data)[c] for c in chunks)
-        return torch.utils.data.DataLoader(_BatchView(data), sampler=chunks, batch_size=None,
+            dev = _index_device(data)
+            return ((*data.get_batch(c.to(dev)), c) for c in chunks)
+        return torch.utils.data.DataLoader(_BatchView(data), sampler=[c.tolist() for c in chunks], batch_size=None,
                                            num_workers=self.config.num_workers,
                                            pin_memory=self.device.type == "cuda")
 
-    def train_epoch(self, data: ImageDataset, loss_fn: LossFn | None = None) -> float:
+    def _flips(self, n: int, device: torch.device) -> Tensor | None:
+        """The alternating flip's per-sample choice for this epoch (None: random flips)."""
+        if self.config.flip != "alternating":
+            return None
+        base = torch.rand(n, generator=torch.Generator().manual_seed(self.seed ^ _FLIP_STREAM)) < 0.5
+        return (base ^ bool(self.epoch % 2)).to(device)
+
+    # --- loop -----------------------------------------------------------------------------------------
+    def train_epoch(self, data: ImageDataset, loss_fn: LossFn | None = None, *, total_steps: int | None = None) -> float:
         """One pass over `data` (with `loss_fn`, default the trainer's); returns the mean loss."""
         loss_fn = loss_fn or self.loss_fn
-        c, dev = self.config, self.device
-        lr = self.lr_at(self.epoch)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        c, dev, prec = self.config, self.device, self.precision
+        steps = math.ceil(len(data) / c.batch_size) if self.world == 1 else len(data) // c.batch_size
+        total_steps = total_steps or steps * c.epochs
+        self._set_lr(self.epoch)
         self.model.train()
-        total, count = 0.0, 0
-        autocast = c.amp and dev.type == "cuda"
-        bar = tqdm(self._batches(data), total=math.ceil(len(data) / c.batch_size), leave=False,
-                   disable=not c.progress or self.rank > 0, desc=f"epoch {self.epoch + 1}/{c.epochs}")
-        for x, y, idx in bar:
+        total, count = torch.zeros((), dtype=torch.float32 if dev.type == "mps" else torch.float64, device=dev), 0
+        flips = self._flips(len(data), _index_device(data))
+        bar = tqdm(self._batches(data), total=steps, leave=False, disable=not c.progress or self.rank > 0,
+                   desc=f"epoch {self.epoch + 1}/{c.epochs}")
+        start = time.perf_counter()
+        for i, (x, y, idx) in enumerate(bar):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if c.augment == "standard":
-                x = standard_augment(x, self.generator, draws=len(x) * self.world, offset=len(x) * self.rank)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = loss_fn(self.net, Batch(x, y, idx))
-            if not torch.isfinite(loss):
-                raise NumericalError(f"loss became {loss.item()} in epoch {self.epoch + 1}; lower the lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach()) * len(idx)
+                x = standard_augment(x, self.generator, c.crop_padding, draws=len(x) * self.world,
+                                     offset=len(x) * self.rank, pad_mode=c.pad_mode,
+                                     flip=flips[idx] if flips is not None else None,
+                                     channels_last=prec.channels_last)
+            elif prec.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if c.schedule == "onecycle":
+                self._set_lr(self.epoch + i / steps)
+            t0 = time.perf_counter()
+            loss = self._step(loss_fn, Batch(x, y, idx))
+            if self.compiled and self.timing["compile_seconds"] is None:
+                self.timing["compile_seconds"] = time.perf_counter() - t0
+            self.step += 1
+            if c.lookahead_every and self.step % c.lookahead_every == 0:
+                self._lookahead(total_steps)
+            total += loss.detach().to(total.dtype) * len(idx)
             count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-        return total / max(count, 1)
+            if i % 25 == 24 or i == steps - 1:  # read the loss (a device sync) only now and then
+                mean = float(total) / max(count, 1)
+                if not math.isfinite(mean):
+                    raise NumericalError(f"loss became {mean} in epoch {self.epoch + 1}; lower the lr")
+                bar.set_postfix(loss=f"{mean:.3f}")
+        self.timing["train_seconds"] += time.perf_counter() - start
+        self.timing["images"] += count
+        mean = float(total) / max(count, 1)
+        if not math.isfinite(mean):
+            raise NumericalError(f"loss became {mean} in epoch {self.epoch + 1}; lower the lr")
+        return mean
+
+    def _step(self, loss_fn: LossFn, batch: Batch) -> Tensor:
+        try:
+            with autocast(self.device, self.precision.amp):
+                loss = loss_fn(self.net, batch)
+        except Exception as e:  # torch.compile fails on first use where its compiler is missing
+            if not self.compiled or self.timing["compile_seconds"] is not None:
+                raise
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training runs eagerly",
+                          stacklevel=2)
+            self.net, self.compiled = self.model, False
+            return self._step(loss_fn, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
 
     def fit(self, train: ImageDataset | Sequence[Phase], evals: Mapping[str, ImageDataset] | None = None, *,
             resume: bool = False, stop_after: int | None = None,
@@ -268,10 +433,22 @@ class Trainer:
                 tensors, meta = load_tensors(best_path)
                 best = (float(meta["score"]), tensors)
         last = min(self.config.epochs, stop_after) if stop_after is not None else self.config.epochs
+        if self.epoch < last:
+            phases = [(self.resident(d), fn) for d, fn in phases]
+            if self.epoch == 0:
+                self._data_init(phases[0][0])
+                if self.config.lookahead_every:
+                    self.slow = {k: v.detach().clone() for k, v in self.model.state_dict().items()
+                                 if v.is_floating_point()}
+        b = self.config.batch_size
+        total_steps = self.config.epochs * sum(math.ceil(len(d) / b) if self.world == 1 else len(d) // b
+                                               for d, _ in phases)
         epochs = tqdm(range(self.epoch, last), initial=self.epoch, total=self.config.epochs, desc="training",
                       disable=not self.config.progress)
         for _ in epochs:
-            losses = [self.train_epoch(data, fn) for data, fn in phases]
+            losses = [self.train_epoch(data, fn, total_steps=total_steps) for data, fn in phases]
+            if self.config.lookahead_every and self.epoch + 1 == self.config.epochs:
+                self._lookahead(total_steps, final=True)
             record: dict[str, Any] = {"epoch": self.epoch + 1, "loss": losses[0] if len(losses) == 1 else losses,
                                       "lr": self.lr_at(self.epoch)}
             for name, data in (evals or {}).items():
@@ -293,3 +470,8 @@ class Trainer:
         if best is not None and self.epoch >= self.config.epochs:
             self.model.load_state_dict(best[1])
         return self.history
+
+
+def _index_device(data: ImageDataset) -> torch.device:
+    """Where `data` wants its batch indices (a resident dataset: on its device)."""
+    return data.images.device if isinstance(data, TensorImageDataset) else torch.device("cpu")

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from advml.errors import ConfigError, DataError
+from advml.models.airnet import AirNet
 from advml.models.cifar_resnet import CifarResNet, SmallCNN
 from advml.models.cifar_vgg import CifarVGG
 from advml.models.tv import build_torchvision
@@ -52,6 +53,19 @@ def _vgg11_narrow(image_size: int, in_channels: int, pretrained: bool, width: in
     _no_pretrained("vgg11_narrow", pretrained)
     _check_width(width)
     net = CifarVGG("vgg11", width=width, in_channels=in_channels)
+    return net, net.out_dim
+
+
+@MODELS.register("airnet", "airbench's CIFAR net: fixed whitening stem, 3 conv groups (widths=[64, 256, 256]); "
+                 "the fast recipe's model (preset cifar_fast)")
+def _airnet(image_size: int, in_channels: int, pretrained: bool,
+            widths: tuple[int, int, int] | list[int] = (64, 256, 256)) -> tuple[nn.Module, int]:
+    _no_pretrained("airnet", pretrained)
+    if not isinstance(widths, (list, tuple)) or len(widths) != 3:
+        raise ConfigError(f"airnet widths must be a list of 3 positive integers, got {widths!r}")
+    for w in widths:
+        _check_width(w)
+    net = AirNet(tuple(widths), in_channels=in_channels)  # type: ignore[arg-type]
     return net, net.out_dim
 
 

@@ -7,9 +7,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from advml.utils.precision import Precision, autocast
+
 
 class ImageClassifier(nn.Module):
-    """normalise -> backbone (penultimate features, flat) -> linear head."""
+    """normalise -> backbone (penultimate features, flat) -> linear head.
+
+    `precision` (set by `advml.utils.precision.set_precision`, e.g. by the Trainer): with bf16 the forward pass
+    runs under autocast on channels_last inputs; outputs are always float32."""
+
+    precision: Precision | None = None
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int,
                  mean: Sequence[float], std: Sequence[float]) -> None:
@@ -23,12 +30,27 @@ class ImageClassifier(nn.Module):
 
     def normalize(self, x: Tensor) -> Tensor:
         """Map [0,1] pixels to the backbone's input space."""
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if self.precision is not None and self.precision.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features (N, feature_dim) of [0,1] images."""
-        return self.backbone(self.normalize(x)).flatten(1)
+        with autocast(x.device, self.precision is not None and self.precision.amp):
+            return self.backbone(self.normalize(x)).flatten(1).float()
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (N, num_classes) of [0,1] images."""
-        return self.head(self.features(x))
+        with autocast(x.device, self.precision is not None and self.precision.amp):
+            return self.head(self.features(x)).float()
+
+    @property
+    def needs_data_init(self) -> bool:
+        """Whether the backbone waits for a data-dependent initialisation (e.g. a whitening layer)."""
+        return bool(getattr(self.backbone, "needs_data_init", False))
+
+    @torch.no_grad()
+    def data_init(self, x: Tensor) -> None:
+        """Initialise the backbone's data-dependent layers from [0,1] training images."""
+        self.backbone.data_init(self.normalize(x.to(self.mean.device)).float())
