@@ -32,6 +32,7 @@ from advml.errors import ConfigError, DataError, InputError, NumericalError
 from advml.train import model_state
 from advml.utils.checks import check_images
 from advml.utils.io import load_tensors, save_tensors
+from advml.utils.precision import AmpSetting, autocast, resolve_precision
 from advml.utils.runtime import resolve_device
 
 CHECKPOINT_NAME = "last.safetensors"
@@ -286,10 +287,11 @@ def _group_cosine(residual: Tensor, group: int) -> Tensor:
 def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = None, *,
                      checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
                      stop_after: int | None = None, device: str = "auto",
-                     progress: bool = True) -> tuple[StegaStamp, list[dict[str, Any]]]:
+                     progress: bool = True, amp: AmpSetting = "auto") -> tuple[StegaStamp, list[dict[str, Any]]]:
     """Train an encoder-decoder on the (training) images with random secrets; returns it and the per-epoch
     history (losses, bit accuracy, PSNR of the encoded training batches, seconds). With `checkpoint_dir`, an
-    atomic checkpoint after every epoch; `resume` continues from it. `stop_after` ends after that many epochs."""
+    atomic checkpoint after every epoch; `resume` continues from it. `stop_after` ends after that many epochs.
+    `amp`: the networks' forward passes in bf16 autocast where it pays (losses in float32)."""
     import kornia
 
     from advml.metrics import psnr
@@ -299,6 +301,7 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
     if len(train) == 0:
         raise ConfigError("cannot train StegaStamp on an empty dataset")
     dev = resolve_device(device)
+    precision = resolve_precision(amp, dev)
     torch.manual_seed(s.seed)
     model = StegaStamp(s, train.image_shape).to(dev)
     gen = torch.Generator().manual_seed(s.seed)
@@ -341,9 +344,10 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
             groups = math.ceil(len(idx) / s.secret_group)
             secret = torch.randint(0, 2, (groups, s.bits), generator=gen).float()
             secret = secret.repeat_interleave(s.secret_group, 0)[:len(idx)].to(dev)
-            residual = model.encoder(x, secret)
-            encoded = (x + residual).clamp(0, 1)
-            logits = model.decoder(encoded)
+            with autocast(dev, precision.amp):
+                residual = model.encoder(x, secret).float()
+                encoded = (x + residual).clamp(0, 1)
+                logits = model.decoder(encoded).float()
             bce = F.binary_cross_entropy_with_logits(logits, secret)
             progress_epochs = epoch - s.secret_only_epochs + step / steps_per_epoch
             ramp = 0.0 if progress_epochs < 0 else min(1.0, progress_epochs / s.ramp_epochs) if s.ramp_epochs else 1.0
@@ -360,7 +364,8 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
             loss = s.secret_weight * bce + ramp * (s.l2_weight * l2 + s.perceptual_weight * perceptual
                                                    + s.floor_weight * floor + s.specificity_weight * specific)
             if model.critic is not None and ramp > 0:
-                real, fake = model.critic(x), model.critic(encoded.detach())
+                with autocast(dev, precision.amp):
+                    real, fake = model.critic(x).float(), model.critic(encoded.detach()).float()
                 critic_loss = (real - fake).mean()
                 critic_opt.zero_grad(set_to_none=True)
                 critic_loss.backward()
@@ -368,7 +373,8 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
                 with torch.no_grad():
                     for p in model.critic.parameters():
                         p.clamp_(-0.01, 0.01)
-                loss = loss + ramp * s.critic_weight * model.critic(encoded).mean()
+                with autocast(dev, precision.amp):
+                    loss = loss + ramp * s.critic_weight * model.critic(encoded).float().mean()
             if not torch.isfinite(loss):
                 raise NumericalError(f"StegaStamp loss became {loss.item()} in epoch {epoch + 1}; lower the lr")
             opt.zero_grad(set_to_none=True)

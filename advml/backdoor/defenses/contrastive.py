@@ -30,6 +30,12 @@ def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, super
     z1, z2: (N, d) embeddings of the two views (normalised here)."""
     if z1.shape != z2.shape or z1.dim() != 2:
         raise InputError(f"views must be (N, d) of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    with torch.autocast(z1.device.type, enabled=False):  # similarities / temperature need float32, not bf16
+        return _contrastive(z1.float(), z2.float(), labels, supervised, temperature, base_temperature)
+
+
+def _contrastive(z1: Tensor, z2: Tensor, labels: Tensor | None, supervised: Tensor | None, temperature: float,
+                 base_temperature: float) -> Tensor:
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     logits = z @ z.T / temperature

@@ -98,13 +98,15 @@ def split_by_score(scores: Tensor, clean_ratio: float = 0.2, poison_ratio: float
 def intra_class_loss(features: Tensor, labels: Tensor) -> Tensor:
     """The official fine-tuning term: mean of the cosine-similarity matrix of the L2-normalised class means
     (classes present in the batch) with its diagonal zeroed; minimising it pushes class centroids apart."""
+    features = features.float()
     classes, inverse = labels.unique(return_inverse=True)
     if classes.numel() < 2:
         return features.sum() * 0
     sums = torch.zeros(classes.numel(), features.shape[1], device=features.device, dtype=features.dtype)
     sums.index_add_(0, inverse, features)
     means = F.normalize(sums / torch.bincount(inverse).unsqueeze(1).to(features.dtype), dim=1)
-    sim = means @ means.T
+    with torch.autocast(features.device.type, enabled=False):  # float32 similarities under bf16 autocast
+        sim = means @ means.T
     return (sim - torch.diag_embed(sim.diagonal())).mean()
 
 
