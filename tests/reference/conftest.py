@@ -40,6 +40,12 @@ def cifar(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture
+def new_model():
+    """The tiny model's factory: new_model(seed=0) -> a fresh float64 copy in train mode."""
+    return tiny_model
+
+
+@pytest.fixture
 def model() -> ImageClassifier:
     """A fresh tiny float64 model in eval mode."""
     return tiny_model().eval()
