@@ -96,6 +96,9 @@ class ProbeSettings(Settings):
     lr: float = Field(5.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    # constant: the official MCE command (no --cosine; SupContrast's steps at 60/75/90 are past its 10 epochs),
+    # and DBD's warm-up (lr_scheduler: null)
+    schedule: Literal["constant", "cosine"] = "constant"
     augment: Literal["simclr", "crop_flip"] = Field("simclr", description="simclr: SupContrast's single view "
                                                     "(D-ST's MCE); crop_flip: reflect crop + flip (DBD's warm-up)")
     train_bn: bool = Field(False, description="the frozen encoder's BatchNorm in train mode, its statistics "
@@ -192,7 +195,7 @@ def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettin
         return loss_fn(model, Batch(augment(batch.x), batch.y, batch.index))
 
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                         optimizer=s.optimizer, augment="none", device=device, progress=progress)
+                         optimizer=s.optimizer, schedule=s.schedule, augment="none", device=device, progress=progress)
     history = Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
                       checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
     for p in classifier.parameters():
