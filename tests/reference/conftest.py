@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from advml.data.base import TensorImageDataset
 from advml.models.wrapper import ImageClassifier
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -27,6 +28,19 @@ def tiny_model(seed: int = 0, num_classes: int = 10) -> ImageClassifier:
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+class Float64Images(TensorImageDataset):
+    """Float64 images handed out as they are stored (the library's datasets hand out float32)."""
+
+    def get_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+
+@pytest.fixture
+def as_dataset():
+    """as_dataset(x, y) -> a float64 ImageDataset of 10 classes."""
+    return lambda x, y: Float64Images(x, y, [str(c) for c in range(10)])
 
 
 @pytest.fixture(scope="session")

@@ -23,16 +23,8 @@ import advml.backdoor.defenses.contrastive as contrastive
 import advml.backdoor.defenses.dbd as dbd
 from advml.backdoor.defenses.base import DefenseContext
 from advml.backdoor.defenses.contrastive import ContrastiveModel, ProbeSettings, contrastive_loss, train_probe
-from advml.data.base import TensorImageDataset
 
 TOL = 1e-10
-
-
-class Float64Images(TensorImageDataset):
-    """Float64 images as they are stored (the library's datasets hand out float32)."""
-
-    def get_batch(self, index):
-        return self.images[index], self.labels[index]
 
 
 # --- the port -------------------------------------------------------------------------------------------
@@ -73,9 +65,10 @@ def official_simclr_loss(features, temperature):
 
 
 # --- the tests ------------------------------------------------------------------------------------------
-def test_the_split_is_recomputed_every_mixmatch_epoch_with_the_current_model(cifar, new_model, monkeypatch):
+def test_the_split_is_recomputed_every_mixmatch_epoch_with_the_current_model(cifar, new_model, monkeypatch,
+                                                                            as_dataset):
     x, y = cifar[0][::4], cifar[1][::4]  # 50 real images, 5 per class
-    data = Float64Images(x, y, [str(c) for c in range(10)])
+    data = as_dataset(x, y)
     records, fits, unlabelled_sets = [], [], []
     real_losses, real_loss_fn = dbd.sample_losses, dbd.mixmatch_loss_fn
 
@@ -124,9 +117,9 @@ def test_the_split_is_recomputed_every_mixmatch_epoch_with_the_current_model(cif
     assert torch.equal(result.split.clean, fits[-1]["labelled"])
 
 
-def test_the_warmup_equals_the_official_poison_linear_train(cifar, new_model, monkeypatch):
+def test_the_warmup_equals_the_official_poison_linear_train(cifar, new_model, monkeypatch, as_dataset):
     x, y = cifar[0][::4], cifar[1][::4]
-    data = Float64Images(x, y, [str(c) for c in range(10)])
+    data = as_dataset(x, y)
     views = []
     real = contrastive.crop_flip_augment
 

@@ -17,16 +17,8 @@ from torch.nn import functional as F
 import advml.backdoor.defenses.contrastive as contrastive
 from advml.backdoor.defenses.contrastive import train_probe
 from advml.backdoor.defenses.dst import DSTSettings, mce_loss
-from advml.data.base import TensorImageDataset
 
 TOL = 1e-10
-
-
-class Float64Images(TensorImageDataset):
-    """Float64 images as they are stored (the library's datasets hand out float32)."""
-
-    def get_batch(self, index):
-        return self.images[index], self.labels[index]
 
 
 def official_adjust_learning_rate(learning_rate, epoch, cosine=False, lr_decay_epochs=(60, 75, 90),
@@ -66,11 +58,11 @@ def official_mce(encoder, views, labels, flags, order, *, epochs, lr=5.0):
     return classifier, lrs
 
 
-def test_mce_head_equals_the_official_classifier_training(cifar, new_model, monkeypatch):
+def test_mce_head_equals_the_official_classifier_training(cifar, new_model, monkeypatch, as_dataset):
     x, y = cifar[0][::4], cifar[1][::4]  # 50 real images
     is_poisoned = torch.zeros(50, dtype=torch.bool)
     is_poisoned[::5] = True  # the D_p part of D_c u D_p, as D-ST passes it
-    data = Float64Images(x, y, [str(c) for c in range(10)])
+    data = as_dataset(x, y)
     views = []
     real = contrastive.two_view_augment
 

@@ -14,16 +14,8 @@ import torch
 from torch.nn import functional as F
 
 from advml.backdoor.defenses.sd import SDSettings, train_sd_model
-from advml.data.base import TensorImageDataset
 
 TOL = 1e-10
-
-
-class Float64Images(TensorImageDataset):
-    """Float64 images as they are stored (the library's datasets hand out float32)."""
-
-    def get_batch(self, index):
-        return self.images[index], self.labels[index]
 
 
 def official_intra_loss(features, labels, num_classes):
@@ -62,9 +54,9 @@ def official_sd_training(model, x, y, *, warmup_epochs, finetune_epochs, batch_s
     return model
 
 
-def test_sd_training_equals_the_official_scripts(cifar, new_model):
+def test_sd_training_equals_the_official_scripts(cifar, new_model, as_dataset):
     x, y = cifar[0][::5], cifar[1][::5]  # 40 real images, 4 per class
-    data = Float64Images(x, y, [str(c) for c in range(10)])
+    data = as_dataset(x, y)
     settings = SDSettings(warmup_epochs=2, finetune_epochs=3, batch_size=16)
     ours = train_sd_model(new_model(), data, settings, seed=7, progress=False)
     ref = official_sd_training(new_model(), x, y, warmup_epochs=2, finetune_epochs=3, batch_size=16, seed=7)
@@ -76,9 +68,9 @@ def test_sd_training_equals_the_official_scripts(cifar, new_model):
     assert max((ours.state_dict()[k] - v).abs().max() for k, v in moved.items()) > 1e-3  # it trained
 
 
-def test_the_ce_plus_intra_option_is_a_different_loss(cifar, new_model):
+def test_the_ce_plus_intra_option_is_a_different_loss(cifar, new_model, as_dataset):
     x, y = cifar[0][::5], cifar[1][::5]
-    data = Float64Images(x, y, [str(c) for c in range(10)])
+    data = as_dataset(x, y)
     official = train_sd_model(new_model(), data, SDSettings(warmup_epochs=1, finetune_epochs=1, batch_size=40),
                               progress=False)
     both = train_sd_model(new_model(), data, SDSettings(warmup_epochs=1, finetune_epochs=1, batch_size=40,
