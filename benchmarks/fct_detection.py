@@ -4,7 +4,7 @@ normalisation.
 
 Usage: ADVML_DATA_DIR=../shared/data python benchmarks/fct_detection.py [--attacks badnets,blend_kitty]
        [--sizes 10000] [--widths 16,32] [--finetune 4,10] [--transforms rotate+translate,translate]
-       [--draws 1,4] [--normalize both|no|yes] [--out runs/fct_detection]
+       [--draws 1,4] [--normalize both|no|yes] [--finetune-loss intra,ce+intra] [--out runs/fct_detection]
    or: ... python benchmarks/fct_detection.py --cell runs/bench/<bench>/cells/<cell> [--transforms ...]
        scores the SD model a finished D-BR/D-ST run trained (its checkpoint), on that run's poisoned data.
 Each trained SD model is kept under --out (safetensors) and reused; scoring variants are cheap.
@@ -25,7 +25,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from advml.backdoor.attacks import build_attack
 from advml.backdoor.defenses.fct import fct_scores
-from advml.backdoor.defenses.sd import SDSettings, split_by_score, train_sd_model
+from advml.backdoor.defenses.sd import SD_CHECKPOINTS, SDSettings, split_by_score, train_sd_model
 from advml.config import load_yaml, validate
 from advml.data import load_dataset
 from advml.models import build_model
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--transforms", default="rotate+translate", help="comma-separated; '+' composes transforms")
     ap.add_argument("--draws", default="1,4")
     ap.add_argument("--normalize", choices=("both", "no", "yes"), default="both", help="L2-normalised features")
+    ap.add_argument("--finetune-loss", default="intra", help="comma-separated SD fine-tune losses: intra (official), "
+                    "ce+intra")
     ap.add_argument("--out", default="runs/fct_detection")
     ap.add_argument("--cell", type=Path, help="a finished D-BR/D-ST run folder: score its SD model on its data")
     args = ap.parse_args()
@@ -56,23 +58,25 @@ def main() -> None:
         _score(model, poisoned, key, 0.0, args, rows)
         _report(out, rows)
         return
-    for attack, n, width, ft in itertools.product(args.attacks.split(","), _ints(args.sizes), _ints(args.widths),
-                                                  _ints(args.finetune)):
+    for attack, n, width, ft, ft_loss in itertools.product(args.attacks.split(","), _ints(args.sizes),
+                                                           _ints(args.widths), _ints(args.finetune),
+                                                           args.finetune_loss.split(",")):
         data = load_dataset("cifar10", train_size=n, test_size=100, seed=0, download=False)
         poisoned = build_attack(attack).poison(data.train, seed=0)
         torch.manual_seed(0)
         model = build_model("resnet18_narrow", 10, mean=data.mean, std=data.std, width=width)
-        path = out / f"{attack}_n{n}_w{width}_ft{ft}.safetensors"
+        sd = SDSettings(finetune_epochs=ft, finetune_loss=ft_loss)
+        path = out / f"{attack}_n{n}_w{width}_ft{ft}_{ft_loss.replace('+', '-')}_{sd.schedule}.safetensors"
         if path.is_file():
             tensors, meta = load_tensors(path)
             model.load_state_dict(tensors)
             train_s = float(meta["seconds"])
         else:
             start = time.perf_counter()
-            train_sd_model(model, poisoned, SDSettings(finetune_epochs=ft), progress=False)
+            train_sd_model(model, poisoned, sd, progress=False)
             train_s = time.perf_counter() - start
             save_tensors(path, model.state_dict(), {"seconds": repr(train_s)})
-        key = {"attack": attack, "train_size": n, "width": width, "finetune_epochs": ft}
+        key = {"attack": attack, "train_size": n, "width": width, "finetune_epochs": ft, "finetune_loss": ft_loss}
         _score(model, poisoned, key, train_s, args, rows)
     _report(out, rows)
 
@@ -87,11 +91,18 @@ def _cell_model(cell: Path) -> tuple[torch.nn.Module, object, dict]:
     poisoned = build_attack(s.attack).poison(data.train, seed=s.seed)
     sd = s.defense.get("sd") or {}
     model = _model_factory(s, data, init=False)(sd.get("model"))
-    tensors, _ = load_tensors(cell / "checkpoints" / "defense" / "sd" / "sd_finetune" / "last.safetensors")
+    stage = cell / "checkpoints" / "defense" / "sd"
+    found = [p for p in (stage / SD_CHECKPOINTS / "last.safetensors", stage / "sd_finetune" / "last.safetensors")
+             if p.is_file()]  # the second: runs from before the one SD trainer
+    if not found:
+        raise SystemExit(f"{cell}: no SD model checkpoint under {stage}")
+    tensors, _ = load_tensors(found[0])
     model.load_state_dict(model_state(tensors))
     width = s.model_options.get("width", s.model)
     return model, poisoned, {"attack": s.attack.get("name"), "train_size": s.train_size, "width": width,
-                             "finetune_epochs": sd.get("finetune_epochs", SDSettings().finetune_epochs)}
+                             "finetune_epochs": sd.get("finetune_epochs", SDSettings().finetune_epochs),
+                             "finetune_loss": sd.get("finetune_loss",
+                                                     "ce+intra" if found[0].parent.name == "sd_finetune" else "intra")}
 
 
 def _score(model: torch.nn.Module, poisoned, key: dict, train_s: float, args, rows: list[dict]) -> None:
@@ -111,11 +122,12 @@ def _score(model: torch.nn.Module, poisoned, key: dict, train_s: float, args, ro
 def _report(out: Path, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "table.json", json.dumps(rows, indent=1))
-    print("\n| attack | N | width | ft ep | tau | draws | L2 norm | D_p precision | D_p recall | D_c poisoned "
-          "| AUROC |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| attack | N | width | ft ep | ft loss | tau | draws | L2 norm | D_p precision | D_p recall "
+          "| D_c poisoned | AUROC |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attack']} | {r['train_size']} | {r['width']} | {r['finetune_epochs']} | {r['transforms']} | "
+        print(f"| {r['attack']} | {r['train_size']} | {r['width']} | {r['finetune_epochs']} | {r['finetune_loss']} "
+              f"| {r['transforms']} | "
               f"{r['draws']} | {r['normalize']} | {r['detect_precision']:.3f} | {r['detect_recall']:.3f} | "
               f"{r['clean_split_poison_rate']:.4f} | {r['auroc']:.3f} |")
 

@@ -64,6 +64,22 @@ def test_checkerboard_matches_backdoorbench_grid_file(triggers_dir):
     assert torch.equal(ours.apply(x)[0], expected)
 
 
+def test_ebd_grid_equals_ebd_s_grid_trigger(sample):
+    """EBD utils/dataloader_bd.py `_gridTriger` l. 423-437 on HWC uint8 images (img[row][col])."""
+    x, _ = sample.test.get_batch(torch.arange(6))
+    hwc = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().copy()
+    w, h = 32, 32
+    for img in hwc:
+        img[w - 1][h - 1], img[w - 1][h - 2], img[w - 1][h - 3] = 255, 0, 255
+        img[w - 2][h - 1], img[w - 2][h - 2], img[w - 2][h - 3] = 0, 255, 0
+        img[w - 3][h - 1], img[w - 3][h - 2], img[w - 3][h - 3] = 255, 0, 0
+    official = torch.from_numpy(hwc).permute(0, 3, 1, 2)
+    ours = build_attack("badnets", pattern="ebd_grid").trigger_for(sample.test).apply(x)
+    assert torch.equal((ours * 255).round().to(torch.uint8), official)
+    grid = MaskTrigger.checkerboard((3, 32, 32)).apply(x)  # BackdoorBench's grid: one pixel apart
+    assert torch.equal((grid != ours).any(1).sum(dim=(1, 2)), (x[:, :, 29, 29] != 1).any(1).long())
+
+
 def test_file_trigger_equals_the_built_in_square(triggers_dir, sample):
     x, _ = sample.test.get_batch(torch.arange(8))
     f = build_attack("badnets", pattern="file", image=str(triggers_dir / "backdoorbench/badnet/trigger_image.png"))

@@ -115,28 +115,55 @@ def test_admix_mixes_in_an_other_class_image():
     attack = IterativeAttack(nn.Linear(1, 1))
     attack.true_labels = torch.tensor([0, 1])
     x = torch.stack([torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 0.9)])
-    xs, ys = Admix(copies=2, strength=0.2).expand(attack, x, torch.tensor([5, 6]))
-    # each image can only take the other one: 0.5 + 0.2 * 0.9 and min(0.9 + 0.2 * 0.5, 1)
-    assert xs[:, 0, 0, 0].tolist() == pytest.approx([0.68, 1.0, 0.68, 1.0])
+    attack.clean = x - 0.1  # the partners are the clean images, not the current adversarial ones
+    xs, ys = Admix(copies=2, strength=0.2).mix(attack, x, torch.tensor([5, 6]))
+    # each image can only take the other one: 0.5 + 0.2 * 0.8 and min(0.9 + 0.2 * 0.4, 1)
+    assert xs[:, 0, 0, 0].tolist() == pytest.approx([0.66, 0.98, 0.66, 0.98])
     assert ys.tolist() == [5, 6, 5, 6]
-    mixed, _ = Admix(copies=1, mode="mix").expand(attack, x, torch.tensor([5, 6]))
-    assert mixed[1, 0, 0, 0] == pytest.approx(1.0)  # 0.9 + 0.1, unclipped form
+    mixed, _ = Admix(copies=1, mode="mix").mix(attack, x + 0.1, torch.tensor([5, 6]))
+    assert mixed[1, 0, 0, 0] == pytest.approx(1.08)  # 1.0 + 0.2 * 0.4, unclipped form
+    scaled, sy = Admix(copies=1, scales=3).expand(attack, x, torch.tensor([5, 6]))
+    assert scaled[:, 0, 0, 0].tolist() == pytest.approx([0.5, 0.9, 0.25, 0.45, 0.125, 0.225])
+    assert sy.tolist() == [5, 6] * 3
     attack.true_labels = torch.tensor([0, 0])
     with pytest.raises(ConfigError, match="different class"):
-        Admix().expand(attack, x, torch.tensor([5, 6]))
+        Admix().mix(attack, x, torch.tensor([5, 6]))
+    with pytest.raises(ConfigError, match="scaled copies"):
+        compose("si-admix", nn.Linear(1, 1))
+    assert len(compose("si-admix", nn.Linear(1, 1), options={"admix": {"scales": 1}}).methods) == 2
 
 
 def test_di_by_hand_with_the_same_random_numbers():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) / 400
     attack = IterativeAttack(nn.Linear(1, 1), generator=torch.Generator().manual_seed(5))
     replay = torch.Generator().manual_seed(5)
-    out = DI(prob=1.0, rate=1.5).transform(attack, x)
-    r = [float(torch.rand(1, generator=replay)) for _ in range(4)]
-    top, rnd = 12, int(8 + r[1] * 4)
-    left, up = int(r[2] * (top - rnd + 1)), int(r[3] * (top - rnd + 1))
-    padded = F.pad(F.interpolate(x, size=(rnd, rnd), mode="nearest"), (left, top - rnd - left, up, top - rnd - up))
-    assert torch.equal(out, F.interpolate(padded, size=(8, 8), mode="nearest"))
-    assert torch.equal(DI(prob=0.0).transform(attack, x), x)
+    parts = DI(prob=1.0, rate=1.5).transform(attack, [x, x / 2])
+    r = torch.rand(2, 4, generator=replay).double()
+    for out, xi, (a, b, c, _) in zip(parts, [x, x / 2], r.tolist()):
+        top, rnd = 12, 8 + int(a * 4)  # resize to [8, 12), pad to 12 at a random offset in [0, 12 - rnd)
+        up, left = int(b * (top - rnd)), int(c * (top - rnd))
+        resized = F.interpolate(xi, size=(rnd, rnd), mode="nearest")
+        expected = F.pad(resized, (left, top - rnd - left, up, top - rnd - up))
+        assert torch.equal(out, expected)
+    assert torch.equal(DI(prob=0.0).transform(attack, [x])[0], x)
+    back = DI(prob=1.0, resize_back=True).transform(attack, [x])[0]
+    assert back.shape == x.shape
+
+
+def test_di_keeps_height_and_width_apart_on_a_non_square_batch():
+    x = torch.rand(2, 3, 20, 40, generator=torch.Generator().manual_seed(0))
+    attack = IterativeAttack(nn.Linear(1, 1), generator=torch.Generator().manual_seed(1))
+    di = DI(prob=1.0, rate=1.2)
+    params = di.draw(attack, 200, 20, 40)
+    rnd_h, rnd_w, top, left = params[:, :4].T
+    assert rnd_h.min() >= 20 and rnd_h.max() <= 23 and rnd_w.min() >= 40 and rnd_w.max() <= 47
+    assert (top <= 24 - rnd_h - 1).all() and (left <= 48 - rnd_w - 1).all() and (top >= 0).all()
+    out = di.apply(x, params[0])
+    assert out.shape == (2, 3, 24, 48)
+    h, w, t, lf = params[0, :4].tolist()
+    inner = out[:, :, t:t + h, lf:lf + w]
+    assert torch.equal(inner, F.interpolate(x, size=(h, w), mode="nearest"))
+    assert DI(prob=1.0, rate=1.2, resize_back=True).apply(x, params[0]).shape == x.shape
 
 
 def test_rap_inner_loop_raises_the_attack_loss(model, batch):

@@ -78,6 +78,29 @@ def test_secret_paper_layout() -> None:
     assert choose_code(100, 56) == (7, 6)
 
 
+def test_secret_issba_packet_equals_the_issba_code() -> None:
+    """SCLBD/ISSBA encode_image.py (as copied into EBD utils/SSBA/encode_image.py l. 54-66): bchlib.BCH(137, 5)
+    (bchlib >= 1: BCH(5, prim_poly=137)), data = secret + ' ' * (7 - len(secret)), packet = data + ecc, its bits
+    MSB first, then [0, 0, 0, 0]."""
+    import bchlib
+
+    bch = bchlib.BCH(5, prim_poly=137)
+    data = bytearray("a" + " " * 6, "utf-8")
+    packet = data + bch.encode(data)
+    official = [int(b) for b in "".join(format(x, "08b") for x in packet)] + [0, 0, 0, 0]
+    code = SecretCode.issba()
+    bits = code.encode("a")
+    assert bits.tolist() == official and len(official) == 100
+    assert code.decode(bits, 7) == ("a", 0)
+    noisy = bits.clone()
+    noisy[[3, 30, 60, 93]] = 1 - noisy[[3, 30, 60, 93]]  # bits 91-95: the ECC bytes' unused padding
+    assert code.decode(noisy, 7) == ("a", 3)
+    # advml's own layout of the same sizes differs from it in 22 bits (NUL padding, default polynomial, packing)
+    assert int((SecretCode(100, data_bytes=7, ecc_m=7, ecc_t=5).encode("a") != bits).sum()) == 22
+    with pytest.raises(ConfigError, match="stegastamp.bits 100"):
+        build_attack("issba", packet="issba")
+
+
 def test_secret_bad_inputs() -> None:
     with pytest.raises(ConfigError, match="no room"):
         SecretCode(10).encode("a")

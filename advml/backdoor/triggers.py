@@ -74,10 +74,22 @@ class MaskTrigger(Trigger):
 
     @classmethod
     def checkerboard(cls, image_shape: tuple[int, int, int], size: int = 3, corner: str = "bottom_right",
-                     margin: int = 0) -> MaskTrigger:
-        """A size x size black/white checkerboard (white corners) at a corner."""
+                     margin: int | tuple[int, int] = 0, inner: float = 1.0) -> MaskTrigger:
+        """A size x size black/white checkerboard with white corners at a corner of the image (BackdoorBench's
+        trigger_image_grid.png); `inner` is the value of the patch's corner pixel that faces the image centre
+        (EBD's gridTrigger: 0). `margin`: pixels from the edges, or (from top/bottom, from left/right)."""
         ij = torch.arange(size)
-        return cls._patch(image_shape, ((ij[:, None] + ij[None, :]) % 2 == 0).float(), corner, margin)
+        patch = ((ij[:, None] + ij[None, :]) % 2 == 0).float()
+        patch[0 if corner.startswith("bottom") else -1, 0 if corner.endswith("right") else -1] = float(inner)
+        return cls._patch(image_shape, patch, corner, margin)
+
+    @classmethod
+    def ebd_four_corners(cls, image_shape: tuple[int, int, int], size: int = 3) -> MaskTrigger:
+        """EBD's fourCornerTrigger (the D-ST code's CL trigger): its gridTrigger checkerboard (the pixel facing the
+        image centre black) at all four corners, flush with the bottom and right edges but 1 px from the top and
+        left ones (the code writes rows/columns 1..3 there)."""
+        return cls.union([cls.checkerboard(image_shape, size, c, (int(c.startswith("top")), int(c.endswith("left"))),
+                                           inner=0.0) for c in CORNERS])
 
     @classmethod
     def union(cls, triggers: list[MaskTrigger]) -> MaskTrigger:
@@ -87,15 +99,17 @@ class MaskTrigger(Trigger):
         return cls(pattern.clamp(0, 1), mask)
 
     @classmethod
-    def _patch(cls, image_shape: tuple[int, int, int], patch: Tensor, corner: str, margin: int) -> MaskTrigger:
+    def _patch(cls, image_shape: tuple[int, int, int], patch: Tensor, corner: str,
+               margin: int | tuple[int, int]) -> MaskTrigger:
         c, h, w = image_shape
         s = patch.shape[0]
+        mr, mc = (margin, margin) if isinstance(margin, int) else margin
         if corner not in CORNERS:
             raise ConfigError(f"unknown corner {corner!r}; valid: {', '.join(CORNERS)}")
-        if s < 1 or margin < 0 or s + margin > min(h, w):
+        if s < 1 or min(mr, mc) < 0 or s + mr > h or s + mc > w:
             raise ConfigError(f"a {s}x{s} patch {margin} px from the edge does not fit {h}x{w} images")
-        top = h - margin - s if corner.startswith("bottom") else margin
-        left = w - margin - s if corner.endswith("right") else margin
+        top = h - mr - s if corner.startswith("bottom") else mr
+        left = w - mc - s if corner.endswith("right") else mc
         pattern, mask = torch.zeros(c, h, w), torch.zeros(1, h, w)
         pattern[:, top:top + s, left:left + s] = patch
         mask[:, top:top + s, left:left + s] = 1

@@ -18,21 +18,30 @@ from advml.utils.checks import check_images, check_labels
 
 
 class Method:
-    """One ingredient of an iterative attack; subclasses override only what differs."""
+    """One ingredient of an iterative attack; subclasses override only what differs.
+
+    Per outer iteration the hooks run in the official loop's order (the RAP code's `rap_attack.py`): `mix`
+    (Admix's m1 mixed images), `outer_point` (RAP's n_rap, one per mixed image), `expand` (SI's / Admix's m2
+    scaled copies), `transform` (DI, one draw per copy), one forward-backward, `grad` (TI), `momentum` (MI).
+    Every term a hook adds to the input is a constant: the gradient reaches x_adv as the identity."""
 
     name = "ifgsm"
 
-    def expand(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """More input copies per image (SI scales, Admix mixes); the loss averages over them."""
+    def mix(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Mixed copies of each image (Admix), before RAP; returns (copies x N, ...) and their labels."""
         return x, y
 
-    def transform(self, attack: IterativeAttack, x: Tensor) -> Tensor:
-        """A random input transformation before each forward pass (DI)."""
+    def outer_point(self, attack: IterativeAttack, x: Tensor, goal: Tensor, it: int) -> Tensor:
+        """Where the outer gradient is taken (RAP moves each image to x + n_rap, n_rap constant)."""
         return x
 
-    def outer_point(self, attack: IterativeAttack, x_adv: Tensor, goal: Tensor, it: int) -> Tensor:
-        """Where the outer gradient is taken (RAP moves it to x_adv + n_rap)."""
-        return x_adv
+    def expand(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """More input copies per image (SI's scales); the loss averages over all copies."""
+        return x, y
+
+    def transform(self, attack: IterativeAttack, parts: list[Tensor]) -> list[Tensor]:
+        """A random transformation of each copy (a batch of N images) before the forward pass (DI)."""
+        return parts
 
     def grad(self, attack: IterativeAttack, g: Tensor) -> Tensor:
         """Post-process the gradient (TI smooths it)."""
@@ -61,6 +70,7 @@ class IterativeAttack:
         self.record_at = tuple(record_at)
         self.snapshots: dict[int, Tensor] = {}  # iteration -> adversarial images, for `record_at`
         self.true_labels: Tensor | None = None  # the images' true labels during a call (Admix needs them)
+        self.clean: Tensor | None = None  # the unperturbed images during a call (Admix's partners)
         self.targeted = False
         self.spec = spec
 
@@ -90,29 +100,36 @@ class IterativeAttack:
         ce = F.cross_entropy(logits, labels, reduction="sum")
         return -ce if targeted else ce
 
-    def loss_grad(self, point: Tensor, labels: Tensor, targeted: bool, *, plain: bool = False,
-                  loss: str | None = None) -> Tensor:
-        """Gradient of the objective at `point`, averaged over the methods' input copies and transforms
-        (`plain`: just the model, as RAP's inner loop uses)."""
+    def loss_grad(self, point: Tensor, labels: Tensor, targeted: bool, *, loss: str | None = None) -> Tensor:
+        """Gradient of the objective of the plain model at `point` (RAP's inner loop)."""
         with torch.enable_grad():  # also works under torch.no_grad()
             point = point.detach().requires_grad_(True)
-            xs, ys = point, labels
-            if not plain:
-                for m in self.methods:
-                    xs, ys = m.expand(self, xs, ys)
-                for m in self.methods:
-                    xs = m.transform(self, xs)
-            copies = xs.shape[0] // point.shape[0]
-            obj = self.objective(self.model(xs), ys, targeted, loss) / copies
-            (g,) = torch.autograd.grad(obj, point)
+            (g,) = torch.autograd.grad(self.objective(self.model(point), labels, targeted, loss), point)
         return g
 
     def grad(self, x_adv: Tensor, goal: Tensor, targeted: bool, it: int) -> Tensor:
-        """The outer gradient: at the methods' outer point, then post-processed (TI)."""
-        point = x_adv
-        for m in self.methods:
-            point = m.outer_point(self, point, goal, it)
-        g = self.loss_grad(point, goal, targeted)
+        """The outer gradient at x_adv, averaged over the methods' copies, then post-processed (TI)."""
+        with torch.enable_grad():
+            point = x_adv.detach().requires_grad_(True)
+            xs, ys = point, goal
+            for m in self.methods:
+                xs, ys = m.mix(self, xs, ys)
+            for m in self.methods:
+                xs = m.outer_point(self, xs, ys, it)
+            for m in self.methods:
+                xs, ys = m.expand(self, xs, ys)
+            copies = xs.shape[0] // point.shape[0]
+            parts, labels = list(xs.chunk(copies)), list(ys.chunk(copies))
+            for m in self.methods:
+                parts = m.transform(self, parts)
+            obj = xs.new_zeros(())
+            # one forward per input size (DI's enlarged copies, the untouched ones): in eval mode this equals
+            # the official code's forward pass per copy
+            for shape in dict.fromkeys(p.shape for p in parts):
+                same = [i for i, p in enumerate(parts) if p.shape == shape]
+                logits = self.model(torch.cat([parts[i] for i in same]))
+                obj = obj + self.objective(logits, torch.cat([labels[i] for i in same]), targeted)
+            (g,) = torch.autograd.grad(obj / copies, point)
         for m in self.methods:
             g = m.grad(self, g)
         return g
@@ -136,6 +153,7 @@ class IterativeAttack:
         self.model.eval()
         x = images.detach()
         self.true_labels, self.targeted = labels.to(x.device).long(), targets is not None
+        self.clean = x
         goal = (targets if targets is not None else labels).to(x.device).long()
         delta, state = self.init_delta(x), {}
         self.snapshots = {}
@@ -149,5 +167,5 @@ class IterativeAttack:
                     self.snapshots[it + 1] = (x + delta).detach().cpu()
         finally:
             self.model.train(was_training)
-            self.true_labels = None
+            self.true_labels = self.clean = None
         return (x + delta).detach()

@@ -14,7 +14,9 @@ from advml.errors import ConfigError
 class BadNetsSettings(AttackSettings):
     """BadNets settings; defaults are BackdoorBench's (3x3 white square at the bottom-right corner)."""
 
-    pattern: Literal["square", "checkerboard", "file"] = Field("square", description="the patch")
+    pattern: Literal["square", "checkerboard", "ebd_grid", "file"] = Field(
+        "square", description="the patch: square; checkerboard (BackdoorBench's trigger_image_grid.png); ebd_grid "
+        "(EBD's gridTrigger: the checkerboard with its pixel facing the image centre black); file")
     size: int = Field(3, ge=1, description="patch side in pixels")
     margin: int = Field(0, ge=0, description="distance from the image border in pixels")
     corner: str = Field("bottom_right", description=f"one of {', '.join(CORNERS)}")
@@ -23,7 +25,7 @@ class BadNetsSettings(AttackSettings):
 
 
 class BadNets(BackdoorAttack):
-    """BadNets: a 3x3 white square (or checkerboard, or any patch image + mask) at a corner."""
+    """BadNets: a 3x3 white square (or a checkerboard, EBD's grid, or any patch image + mask) at a corner."""
 
     name = "badnets"
     Settings = BadNetsSettings
@@ -36,6 +38,7 @@ class BadNets(BackdoorAttack):
             return MaskTrigger.from_files(s.image, s.mask, image_shape)
         if s.image or s.mask:
             raise ConfigError("badnets image/mask files need pattern: file")
-        if s.pattern == "checkerboard":
-            return MaskTrigger.checkerboard(image_shape, s.size, s.corner, s.margin)
+        if s.pattern in ("checkerboard", "ebd_grid"):
+            return MaskTrigger.checkerboard(image_shape, s.size, s.corner, s.margin,
+                                            inner=0.0 if s.pattern == "ebd_grid" else 1.0)
         return MaskTrigger.square(image_shape, s.size, 1.0, s.corner, s.margin)

@@ -1,9 +1,9 @@
 """Clean-label / label-consistent attack (Turner et al. 2019): PGD makes target-class images hard to
-classify, then a 3x3 checkerboard goes in all four corners; labels are never changed."""
+classify, then a 3x3 checkerboard goes in all four corners (EBD's fourCornerTrigger); labels are never changed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -26,6 +26,9 @@ class CleanLabelSettings(AttackSettings):
     step: float = Field(2 / 255, gt=0, le=1, description="PGD step size")
     steps: int = Field(4, ge=1, description="PGD iterations")
     size: int = Field(3, ge=1, description="side of each corner checkerboard")
+    corners: Literal["ebd", "flush"] = Field(
+        "ebd", description="ebd: the D-ST code's fourCornerTrigger (EBD's grid, pixel facing the centre black, 1 px "
+        "from the top and left edges); flush: full checkerboards flush with all four corners")
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
 
 
@@ -49,6 +52,8 @@ class CleanLabel(BackdoorAttack):
         self.model = model  # a model trained on clean data; trained here from `surrogate` when None
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
+        if self.settings.corners == "ebd":
+            return MaskTrigger.ebd_four_corners(image_shape, self.settings.size)
         return MaskTrigger.union([MaskTrigger.checkerboard(image_shape, self.settings.size, c) for c in CORNERS])
 
     def prepare(self, train: ImageDataset, seed: int) -> None:

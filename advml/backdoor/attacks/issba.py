@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -48,6 +48,9 @@ class ISSBASettings(AttackSettings):
     ecc_m: int | None = Field(None, ge=5, le=15, description="BCH field order m; None: the strongest code "
                                                              "that fits the bit length")
     ecc_t: int | None = Field(None, ge=1, description="BCH correctable bits t (paper: m=7, t=5 at 100 bits)")
+    packet: Literal["advml", "issba"] = Field("advml", description="issba: the ISSBA code's 100-bit packet (secret "
+                                              "space-padded to 7 bytes, BCH(137, 5) as 5 bytes, 4 zeros; needs "
+                                              "stegastamp.bits 100, no data_bytes/ecc_*); advml: the layout above")
     encoder: str = Field("auto", description="'auto': the shipped encoder if its settings and image shape "
                                              "match, else the cache, else train; 'train': the cache or train "
                                              "on the training split; or a path to an encoder .safetensors")
@@ -143,7 +146,13 @@ class ISSBA(BackdoorAttack):
                  **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         s = self.settings
-        self.code = SecretCode(s.stegastamp.bits, s.data_bytes, s.ecc_m, s.ecc_t)
+        if s.packet == "issba":
+            if s.stegastamp.bits != 100 or any(v is not None for v in (s.data_bytes, s.ecc_m, s.ecc_t)):
+                raise ConfigError("packet: issba is the ISSBA code's 100-bit packet; set stegastamp.bits 100 and "
+                                  "leave data_bytes, ecc_m and ecc_t unset")
+            self.code = SecretCode.issba()
+        else:
+            self.code = SecretCode(s.stegastamp.bits, s.data_bytes, s.ecc_m, s.ecc_t)
         self.secret_bits = self.code.encode(s.secret)  # validates the secret against the bit length now
         self.model = model
         self.encoder_info: dict[str, Any] = {"source": "given"} if model is not None else {}
@@ -233,5 +242,5 @@ class ISSBA(BackdoorAttack):
         if self.model is None:
             self.load_encoder(tuple(images.shape[1:]))
         probs = self.model.decode(images.to(next(self.model.parameters()).device)).cpu()
-        nbytes = self.settings.data_bytes or len(self.settings.secret.encode("utf-8"))
+        nbytes = self.code.data_bytes or len(self.settings.secret.encode("utf-8"))
         return probs, [self.code.decode(p, nbytes)[0] for p in probs]

@@ -22,9 +22,14 @@ class ComputeLog:
         try:
             yield
         finally:
-            self.stages[name] = {"seconds": round(time.perf_counter() - start, 3), "epochs": epochs,
-                                 "images": images, "epoch_images": epochs * images,
-                                 "forward_images": epochs * images if forward_images is None else forward_images}
+            self.add(name, seconds=time.perf_counter() - start, epochs=epochs, images=images,
+                     forward_images=forward_images)
+
+    def add(self, name: str, *, seconds: float, epochs: int, images: int, forward_images: int | None = None) -> None:
+        """Record a stage timed elsewhere (one interleaved with another, as DBD's per-epoch split)."""
+        self.stages[name] = {"seconds": round(seconds, 3), "epochs": epochs, "images": images,
+                             "epoch_images": epochs * images,
+                             "forward_images": epochs * images if forward_images is None else forward_images}
 
     def report(self) -> dict[str, Any]:
         """{'stages': {...}, 'seconds', 'epoch_images', 'forward_images': totals} (a stage resumed from its

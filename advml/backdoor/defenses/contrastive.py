@@ -20,14 +20,16 @@ from advml.train import Batch, TrainConfig, Trainer
 
 
 def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, supervised: Tensor | None = None, *,
-                     temperature: float = 0.1, base_temperature: float = 0.07) -> Tensor:
+                     temperature: float = 0.1, base_temperature: float = 0.07,
+                     anchors: Literal["both", "first"] = "both") -> Tensor:
     """SupCon loss (Khosla et al.) over two views, with per-anchor supervision.
 
     An anchor i whose `supervised[i]` is True takes every same-label sample (both views) as positives; any
     other anchor takes only its own other view (SimCLR). labels=None or supervised all False -> SimCLR;
     supervised all True -> SupCon; supervised = "in D_c" -> D-ST's SS-CTL, whose mask zeroes the rows of
     non-clean anchors only (a clean anchor still counts same-label non-clean samples as positives).
-    z1, z2: (N, d) embeddings of the two views (normalised here)."""
+    anchors: "both" views anchor (SupContrast's contrast_mode 'all'); "first": only the first view's samples,
+    each against all 2N - 1 others (DBD's SimCLRLoss). z1, z2: (N, d) embeddings of the views (normalised here)."""
     if z1.shape != z2.shape or z1.dim() != 2:
         raise InputError(f"views must be (N, d) of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     with torch.autocast(z1.device.type, enabled=False):  # similarities / temperature need float32, not bf16
@@ -51,6 +53,8 @@ def _contrastive(z1: Tensor, z2: Tensor, labels: Tensor | None, supervised: Tens
         pos |= same & sup.repeat(2)[:, None]
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     mean_pos = log_prob.masked_fill(~pos, 0).sum(1) / pos.sum(1)
+    if anchors == "first":
+        mean_pos = mean_pos[:n]
     return -(temperature / base_temperature) * mean_pos.mean()
 
 
@@ -65,6 +69,12 @@ def two_view_augment(image_size: tuple[int, int], blur_p: float = 0.0) -> nn.Seq
     return nn.Sequential(*ops)
 
 
+def crop_flip_augment(image_size: tuple[int, int], padding: int = 4) -> nn.Sequential:
+    """DBD's `train` transform: RandomCrop(size, padding 4, reflect) + horizontal flip, per image (kornia)."""
+    return nn.Sequential(K.RandomCrop(tuple(image_size), padding=padding, padding_mode="reflect"),
+                         K.RandomHorizontalFlip())
+
+
 class ContrastiveSettings(Settings):
     """Encoder training (SupContrast defaults as D-ST uses them; `epochs` 200 at paper scale)."""
 
@@ -77,6 +87,10 @@ class ContrastiveSettings(Settings):
     base_temperature: float = Field(0.07, gt=0, description="the loss is scaled by temperature / base_temperature "
                                     "(SupContrast); = temperature for plain SimCLR / NT-Xent (DBD)")
     projection_dim: int = Field(128, ge=1)
+    projection_bn: bool = Field(False, description="BatchNorm1d after the projection's hidden layer (DBD's "
+                                "SelfModel); SupContrast's head has none")
+    anchor_views: Literal["both", "first"] = Field("both", description="which view's samples anchor the loss: "
+                                                   "both (SupContrast), first (DBD's SimCLRLoss)")
     blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur view (DBD: 0.5)")
 
 
@@ -88,16 +102,25 @@ class ProbeSettings(Settings):
     lr: float = Field(5.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    # constant: the official MCE command (no --cosine; SupContrast's steps at 60/75/90 are past its 10 epochs),
+    # and DBD's warm-up (lr_scheduler: null)
+    schedule: Literal["constant", "cosine"] = "constant"
+    augment: Literal["simclr", "crop_flip"] = Field("simclr", description="simclr: SupContrast's single view "
+                                                    "(D-ST's MCE); crop_flip: reflect crop + flip (DBD's warm-up)")
+    train_bn: bool = Field(False, description="the frozen encoder's BatchNorm in train mode, its statistics "
+                           "moving (DBD's warm-up calls model.train()); False: eval mode (SupContrast)")
 
 
 class ContrastiveModel(nn.Module):
     """A classifier's feature extractor plus an MLP projection head (SupConResNet)."""
 
-    def __init__(self, classifier: nn.Module, projection_dim: int = 128) -> None:
+    def __init__(self, classifier: nn.Module, projection_dim: int = 128, batch_norm: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
         d = classifier.feature_dim
-        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, projection_dim))
+        hidden = [nn.Linear(d, d), *([nn.BatchNorm1d(d)] if batch_norm else []), nn.ReLU(inplace=True)]
+        dtype = next(classifier.parameters()).dtype  # the classifier's precision (float64 in the reference tests)
+        self.projection = nn.Sequential(*hidden, nn.Linear(d, projection_dim)).to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.projection(self.classifier.features(x))
@@ -111,7 +134,7 @@ def train_encoder(classifier: nn.Module, data: ImageDataset, settings: Contrasti
     supervised: bool per sample of `data` (which anchors use label positives), None = all of them;
     use_labels=False ignores labels entirely (SimCLR)."""
     s = settings
-    net = ContrastiveModel(classifier, s.projection_dim)
+    net = ContrastiveModel(classifier, s.projection_dim, s.projection_bn)
     augment = two_view_augment(data.image_shape[1:], s.blur_p)
     sup = None if supervised is None else supervised.bool().cpu()
     if sup is not None and sup.numel() != len(data):
@@ -121,9 +144,11 @@ def train_encoder(classifier: nn.Module, data: ImageDataset, settings: Contrasti
         z = model(torch.cat([augment(batch.x), augment(batch.x)]))
         z1, z2 = z.chunk(2)
         if not use_labels:
-            return contrastive_loss(z1, z2, temperature=s.temperature, base_temperature=s.base_temperature)
+            return contrastive_loss(z1, z2, temperature=s.temperature, base_temperature=s.base_temperature,
+                                    anchors=s.anchor_views)
         return contrastive_loss(z1, z2, batch.y, None if sup is None else sup[batch.index],
-                                temperature=s.temperature, base_temperature=s.base_temperature)
+                                temperature=s.temperature, base_temperature=s.base_temperature,
+                                anchors=s.anchor_views)
 
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                          warmup_epochs=min(s.warmup_epochs, s.epochs - 1), augment="none", device=device,
@@ -133,11 +158,12 @@ def train_encoder(classifier: nn.Module, data: ImageDataset, settings: Contrasti
 
 
 class LinearProbe(nn.Module):
-    """A classifier whose feature extractor is frozen (eval mode, no gradients): only `head` trains."""
+    """A classifier whose feature extractor is frozen (no gradients; eval mode unless `train_bn`): only `head`
+    trains."""
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, train_bn: bool = False) -> None:
         super().__init__()
-        self.classifier = classifier
+        self.classifier, self.train_bn = classifier, train_bn
         for p in classifier.parameters():
             p.requires_grad_(False)
         for p in classifier.head.parameters():
@@ -145,7 +171,8 @@ class LinearProbe(nn.Module):
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
-        self.classifier.eval()  # BatchNorm statistics of the frozen encoder must not move
+        if not self.train_bn:
+            self.classifier.eval()  # BatchNorm statistics of the frozen encoder must not move
         self.classifier.head.train(mode)
         return self
 
@@ -164,16 +191,17 @@ def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettin
                 resume: bool = False) -> list[dict[str, Any]]:
     """Train a fresh linear head of `classifier` (in place) on its frozen encoder with single-view augmentation;
     returns the per-epoch history."""
+    s = settings
     classifier.head.reset_parameters()
-    probe = LinearProbe(classifier)
-    augment = nn.Sequential(*list(two_view_augment(data.image_shape[1:])))
+    probe = LinearProbe(classifier, s.train_bn)
+    augment = crop_flip_augment(data.image_shape[1:]) if s.augment == "crop_flip" else \
+        nn.Sequential(*list(two_view_augment(data.image_shape[1:])))
 
     def loss(model: nn.Module, batch: Batch) -> Tensor:
         return loss_fn(model, Batch(augment(batch.x), batch.y, batch.index))
 
-    s = settings
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                         optimizer=s.optimizer, augment="none", device=device, progress=progress)
+                         optimizer=s.optimizer, schedule=s.schedule, augment="none", device=device, progress=progress)
     history = Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
                       checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
     for p in classifier.parameters():

@@ -26,7 +26,9 @@ class MixMatchSettings(Settings):
     iterations: int = Field(1024, ge=1, description="steps per epoch (each a labelled and an unlabelled batch)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.002, gt=0, description="Adam")
-    lambda_u: float = Field(15.0, ge=0, description="weight of the unlabelled L2 loss, ramped up over all epochs")
+    lambda_u: float = Field(15.0, ge=0, description="weight of the unlabelled L2 loss, ramped up linearly")
+    rampup_epochs: float | None = Field(None, gt=0, description="the ramp's length (the official rampup_length: "
+                                        "190 in both configs); None: the MixMatch epochs")
     temperature: float = Field(0.5, gt=0, description="sharpening temperature T (a float; BackdoorBench parses int)")
     alpha: float = Field(0.75, gt=0, description="mixup Beta(alpha, alpha)")
     k: int = Field(2, ge=1, description="augmentations averaged for the unlabelled label guess")
@@ -61,15 +63,18 @@ def linear_rampup(progress: float, length: float) -> float:
 
 
 def mixmatch_loss_fn(unlabelled: ImageDataset, num_classes: int, settings: MixMatchSettings,
-                     progress: Callable[[], float], seed: int = 0) -> Callable[[nn.Module, Batch], Tensor]:
+                     progress: Callable[[], float], seed: int = 0,
+                     augment: Callable[[Tensor], Tensor] | None = None) -> Callable[[nn.Module, Batch], Tensor]:
     """A Trainer loss_fn for one MixMatch step. The Trainer iterates a labelled view of `iterations x batch`
     positions (its seeded permutation per epoch, already crop+flip augmented); this loss draws the paired
     unlabelled batch itself as a pure function of those positions (position i -> unlabelled sample
     perm_u[i mod |U|], perm_u fixed), and takes every other random draw (K augmentations, Beta, the mixup
     permutation) from torch's global generator, which the Trainer checkpoints. So the one Trainer runs MixMatch
     unchanged, with its seeding and resume — no second data stream in the training loop.
-    `progress()` returns the training progress in epochs (epoch + step / iterations) for the lambda_u ramp."""
+    `progress()` returns the training progress in epochs (epoch + step / iterations) for the lambda_u ramp.
+    `augment` (labelled batch and unlabelled views; torch's global generator): default the Trainer's crop + flip."""
     s = settings
+    ramp = s.rampup_epochs if s.rampup_epochs is not None else s.epochs
     if len(unlabelled) == 0:
         raise InputError("MixMatch needs unlabelled samples")
     perm_u = torch.randperm(len(unlabelled), generator=torch.Generator().manual_seed(seed))
@@ -80,17 +85,17 @@ def mixmatch_loss_fn(unlabelled: ImageDataset, num_classes: int, settings: MixMa
         u_idx = perm_u[batch.index % perm_u.numel()]
         u, _ = unlabelled.get_batch(u_idx)  # the labels of the unlabelled set are never read
         u = u.to(dev)
-        views = [standard_augment(u, torch.default_generator) for _ in range(s.k)]
+        views = [augment(u) if augment else standard_augment(u, torch.default_generator) for _ in range(s.k)]
         with torch.no_grad():
             p = sum(torch.softmax(model(v).float(), dim=1) for v in views) / s.k
             guess = sharpen(p, s.temperature)
-        x = torch.cat([batch.x, *views])
+        x = torch.cat([augment(batch.x) if augment else batch.x, *views])
         targets = torch.cat([F.one_hot(batch.y, num_classes).float(), guess.repeat(s.k, 1)])
         lam = float(torch.distributions.Beta(s.alpha, s.alpha).sample())
         mixed_x, mixed_t, _ = mixup(x, targets, lam, torch.randperm(x.shape[0]).to(dev))
         logits = model(mixed_x)
         lx = supervised_loss(logits[:n], mixed_t[:n])
         lu = unsupervised_loss(logits[n:], mixed_t[n:])
-        return lx + s.lambda_u * linear_rampup(progress(), s.epochs) * lu
+        return lx + s.lambda_u * linear_rampup(progress(), ramp) * lu
 
     return loss

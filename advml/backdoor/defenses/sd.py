@@ -29,12 +29,17 @@ class SDSettings(Settings):
 
     model: str | None = Field(None, description="architecture of the SD model (a registry name); None: the run's")
     warmup_epochs: int = Field(2, ge=1, description="plain CE epochs without augmentation")
-    finetune_epochs: int = Field(10, ge=0, description="epochs of CE + intra-class loss")
+    finetune_epochs: int = Field(10, ge=0, description="epochs of the intra-class loss")
+    finetune_loss: Literal["intra", "ce+intra"] = Field(
+        "intra", description="intra: the intra-class loss alone, as the official code (EBD "
+        "finetune_attack_noTrans.py, BackdoorBench d-br.py); ce+intra: CE + intra_weight x intra-class loss")
     intra_weight: float = Field(1.0, ge=0, description="weight of the intra-class loss while fine-tuning")
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(128, ge=1)
-    # the official cosine schedule has T_max=100, so over 2 + 10 epochs the lr stays within 3% of 0.01
-    schedule: Literal["constant", "cosine"] = "constant"
+    # one SGD optimiser and one CosineAnnealingLR(T_max=100) run through warm-up and fine-tuning, as the official
+    # fine-tuning resumes the warm-up checkpoint's optimiser and scheduler
+    schedule: Literal["constant", "cosine"] = "cosine"
+    t_max: int = Field(100, ge=1, description="the cosine schedule's period in epochs (official: 100)")
     transforms: list[str] = Field(default_factory=lambda: list(DEFAULT_TRANSFORMS),
                                   description="FCT's tau, applied in order: " + ", ".join(TRANSFORMS.names()))
     draws: int = Field(1, ge=1, description="random transforms averaged per sample (1 in the official code)")
@@ -51,6 +56,8 @@ class SDSettings(Settings):
             TRANSFORMS.get(name)
         if self.clean_ratio + self.poison_ratio > 1:
             raise ConfigError("clean_ratio + poison_ratio must not exceed 1")
+        if self.schedule == "cosine" and self.t_max < self.warmup_epochs + self.finetune_epochs:
+            raise ConfigError(f"t_max {self.t_max} is shorter than warmup_epochs + finetune_epochs")
 
 
 @dataclass
@@ -110,29 +117,35 @@ def intra_class_loss(features: Tensor, labels: Tensor) -> Tensor:
     return (sim - torch.diag_embed(sim.diagonal())).mean()
 
 
-def intra_loss_fn(weight: float) -> Callable[[nn.Module, Batch], Tensor]:
-    """CE + weight * intra-class loss on the penultimate features."""
+def intra_loss_fn(weight: float, with_ce: bool = False) -> Callable[[nn.Module, Batch], Tensor]:
+    """weight x the intra-class loss on the penultimate features (+ CE of the logits with `with_ce`)."""
 
     def loss(model: nn.Module, batch: Batch) -> Tensor:
         feats = model.features(batch.x)
-        return F.cross_entropy(model.head(feats), batch.y) + weight * intra_class_loss(feats, batch.y)
+        intra = weight * intra_class_loss(feats, batch.y)
+        return F.cross_entropy(model.head(feats), batch.y) + intra if with_ce else intra
 
     return loss
+
+
+SD_CHECKPOINTS = "sd_model"  # the SD model's trainer checkpoints, under the stage's checkpoint folder
 
 
 def train_sd_model(model: nn.Module, data: ImageDataset, settings: SDSettings, *, seed: int = 0,
                    device: str = "auto", progress: bool = True, checkpoint_dir: str | Path | None = None,
                    resume: bool = False) -> nn.Module:
-    """Warm-up (plain CE, no augmentation) then intra-class fine-tuning, with the one trainer."""
+    """Warm-up (plain CE, no augmentation) then intra-class fine-tuning: one trainer, so the SGD momentum and the
+    cosine schedule (T_max epochs) carry over from the warm-up as in the official code."""
     s = settings
-    base = {"batch_size": s.batch_size, "lr": s.lr, "schedule": s.schedule, "augment": "none", "device": device,
-                "progress": progress}
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    Trainer(model, TrainConfig(epochs=s.warmup_epochs, **base), seed=seed,
-            checkpoint_dir=ckpt / "sd_warmup" if ckpt else None).fit(data, resume=resume)
+    total = s.warmup_epochs + s.finetune_epochs
+    config = TrainConfig(epochs=s.t_max if s.schedule == "cosine" else total, batch_size=s.batch_size, lr=s.lr,
+                         schedule=s.schedule, augment="none", device=device, progress=progress)
+    trainer = Trainer(model, config, seed=seed,
+                      checkpoint_dir=Path(checkpoint_dir) / SD_CHECKPOINTS if checkpoint_dir else None)
+    trainer.fit(data, resume=resume, stop_after=s.warmup_epochs)
     if s.finetune_epochs:
-        Trainer(model, TrainConfig(epochs=s.finetune_epochs, **base), loss_fn=intra_loss_fn(s.intra_weight),
-                seed=seed + 1, checkpoint_dir=ckpt / "sd_finetune" if ckpt else None).fit(data, resume=resume)
+        fine_tune = intra_loss_fn(s.intra_weight, with_ce=s.finetune_loss == "ce+intra")
+        trainer.fit([(data, fine_tune)], resume=resume, stop_after=total)
     return model
 
 

@@ -18,16 +18,13 @@ from advml.registry import Registry
 METHODS: Registry[Callable[..., Method]] = Registry("transfer method")
 METHODS.add("mi", MI, "momentum, decay 1.0")
 METHODS.add("ti", TI, "Gaussian-smoothed gradient (kernel 5 at 299 px, scaled to the image size)")
-METHODS.add("di", DI, "diverse inputs: random resize in [H, H*330/299) and pad, p 0.7")
+METHODS.add("di", DI, "diverse inputs: random resize in [H, H*330/299) and pad, p 0.7, a draw per copy")
 METHODS.add("si", SI, "scale invariance: 5 copies x/2^i")
-METHODS.add("admix", Admix, "Admix: 3 other-class images mixed in at 0.2")
+METHODS.add("admix", Admix, "Admix: 3 clean other-class images added at 0.2, each mix in 5 scales x/2^j")
 METHODS.add("rap", RAP, "reverse adversarial perturbation from the first iteration (eps_n 16/255, K 8)")
 METHODS.add("rap-ls", lambda **kw: RAP(**{"late_start": 100, **kw}), "RAP with a late start at iteration 100")
 METHODS.add("rap-warm", lambda **kw: RAP(**{"late_start": 100, "warm": True, **kw}),
             "RAP-LS whose n_rap is carried over between iterations (2 inner steps after the first)")
-
-# the order in which input copies are made: Admix mixes first, SI scales the mixed images
-_ORDER = {"admix": 0, "si": 1}
 
 
 def parse(spec: str) -> list[str]:
@@ -52,13 +49,15 @@ def compose(spec: str, model: nn.Module, *, options: dict[str, dict[str, Any]] |
     unknown = set(options) - set(names)
     if unknown:
         raise ConfigError(f"options for {sorted(unknown)} but the method is {spec!r}")
-    names.sort(key=lambda n: _ORDER.get(n, -1))
     methods = []
     for n in names:
         try:
             methods.append(METHODS.get(n)(**options.get(n, {})))
         except TypeError as e:
             raise ConfigError(f"{n}: {e}") from None
+    if any(isinstance(m, Admix) and m.scales > 1 for m in methods) and any(isinstance(m, SI) for m in methods):
+        raise ConfigError("admix already makes SI's scaled copies (m1 mixes x m2 scales); drop 'si', or give "
+                          "admix scales: 1")
     return IterativeAttack(model, methods=methods, spec=spec, **attack_settings)
 
 

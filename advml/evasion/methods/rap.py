@@ -1,8 +1,10 @@
 """RAP (Qin et al., NeurIPS 2022): take the outer gradient at x_adv + n_rap, where n_rap is the worst
-perturbation (l-inf eps_n) around x_adv found by a K-step inner PGD; RAP-LS starts it late."""
+perturbation (l-inf eps_n) around x_adv found by a K-step inner PGD; RAP-LS starts it late. With Admix, one
+n_rap per mixed image, computed on the mixed image (the official loop); SI's scaled copies share it."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from advml.errors import ConfigError
@@ -28,19 +30,24 @@ class RAP(Method):
         self._n: Tensor | None = None
         self.inner_calls = 0  # forward-backward passes spent in the inner loop (for tests and benchmarks)
 
-    def outer_point(self, attack: IterativeAttack, x_adv: Tensor, goal: Tensor, it: int) -> Tensor:
+    def start(self, attack: IterativeAttack, x: Tensor) -> Tensor:
+        """The inner loop's random start: uniform noise in [-eps_n, eps_n] (the official `uniform_`)."""
+        return (2 * attack.rand(*x.shape, device=x.device).to(x.dtype) - 1) * self.eps_n
+
+    def outer_point(self, attack: IterativeAttack, x: Tensor, goal: Tensor, it: int) -> Tensor:
         if it < self.late_start:
-            return x_adv
-        if it == 0 or self._n is None or self._n.shape != x_adv.shape or not self.warm:
-            u = attack.rand(*x_adv.shape, device=x_adv.device).to(x_adv.dtype)
-            n = (2 * u - 1) * self.eps_n
-            steps = self.steps
+            return x
+        base = x.detach()
+        # the official box: x + n stays in [0, 1] and within eps_n of x
+        lo, hi = (base - self.eps_n).clamp(0, 1), (base + self.eps_n).clamp(0, 1)
+        if it == 0 or self._n is None or self._n.shape != base.shape or not self.warm:
+            p, steps = (base + self.start(attack, base)).clamp(0, 1), self.steps
         else:
-            n, steps = self._n, self.warm_steps
+            p, steps = torch.max(torch.min(base + self._n, hi), lo), self.warm_steps
         for _ in range(steps):
-            # descend the attack objective (CE-based): the worst case for the attacker around x_adv
-            g = attack.loss_grad((x_adv + n).clamp(0, 1), goal, attack.targeted, plain=True, loss="ce")
+            # descend the attack objective (CE-based): the worst case for the attacker around x
+            g = attack.loss_grad(p, goal, attack.targeted, loss="ce")
             self.inner_calls += 1
-            n = (n - self.step_n * g.sign()).clamp(-self.eps_n, self.eps_n)
-        self._n = n.detach()
-        return (x_adv + self._n).clamp(0, 1)
+            p = torch.max(torch.min(p - self.step_n * g.sign(), hi), lo)
+        self._n = p - base
+        return x + self._n  # n_rap is a constant: the outer gradient reaches x as the identity
