@@ -26,7 +26,7 @@ from advml.data.base import ImageDataset, TensorImageDataset, as_image_dataset
 from advml.errors import ConfigError, NumericalError
 from advml.metrics import accuracy
 from advml.utils.io import load_json, load_tensors, save_tensors, write_json
-from advml.utils.precision import AmpSetting, autocast, parse_amp, resolve_precision, set_precision
+from advml.utils.precision import AmpSetting, at_least_float32, autocast, parse_amp, resolve_precision, set_precision
 from advml.utils.runtime import resolve_device
 
 CHECKPOINT_NAME = "last.safetensors"
@@ -101,7 +101,7 @@ def model_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def cross_entropy(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
     """The default loss: cross-entropy of the model's logits (float32)."""
-    return F.cross_entropy(model(batch.x).float(), batch.y, label_smoothing=label_smoothing)
+    return F.cross_entropy(at_least_float32(model(batch.x)), batch.y, label_smoothing=label_smoothing)
 
 
 def standard_augment(x: Tensor, generator: torch.Generator, padding: int = 4, *, draws: int | None = None,
@@ -155,7 +155,7 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         if self.device.type == "cuda" and _distributed():  # torchrun: one GPU per process
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        self.precision = resolve_precision(self.config.amp, self.device)
+        self.precision = resolve_precision(self.config.amp, self.device, model)
         self.model = set_precision(model.to(self.device), self.precision)
         self.loss_fn = functools.partial(cross_entropy, label_smoothing=self.config.label_smoothing) \
             if loss_fn is cross_entropy and self.config.label_smoothing else loss_fn

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from advml.utils.precision import Precision, autocast
+from advml.utils.precision import Precision, at_least_float32, autocast
 
 
 class ImageClassifier(nn.Module):
     """normalise -> backbone (penultimate features, flat) -> linear head.
 
     `precision` (set by `advml.utils.precision.set_precision`, e.g. by the Trainer): with bf16 the forward pass
-    runs under autocast on channels_last inputs; outputs are always float32."""
+    runs under autocast on channels_last inputs; outputs are float32 (or float64 for a float64 model)."""
 
     precision: Precision | None = None
 
@@ -38,12 +38,12 @@ class ImageClassifier(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features (N, feature_dim) of [0,1] images."""
         with autocast(x.device, self.precision is not None and self.precision.amp):
-            return self.backbone(self.normalize(x)).flatten(1).float()
+            return at_least_float32(self.backbone(self.normalize(x)).flatten(1))
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (N, num_classes) of [0,1] images."""
         with autocast(x.device, self.precision is not None and self.precision.amp):
-            return self.head(self.features(x)).float()
+            return at_least_float32(self.head(self.features(x)))
 
     @property
     def needs_data_init(self) -> bool:

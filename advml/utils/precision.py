@@ -75,9 +75,13 @@ def parse_amp(value: Any) -> AmpSetting:
     raise ConfigError(f"amp must be auto, true or false, got {value!r}")
 
 
-def resolve_precision(amp: AmpSetting, device: torch.device) -> Precision:
-    """The precision `amp` means on `device`; the choice is logged once per (setting, device)."""
+def resolve_precision(amp: AmpSetting, device: torch.device, model: nn.Module | None = None) -> Precision:
+    """The precision `amp` means on `device` (for `model`: one not in float32, e.g. a float64 reference, keeps
+    its own); the choice is logged once per (setting, device)."""
     amp = parse_amp(amp)
+    dtypes = {p.dtype for p in model.parameters()} if model is not None else set()
+    if dtypes - {torch.float32}:
+        return Precision(False, False, f"the model is in {', '.join(sorted(str(d)[6:] for d in dtypes))}")
     ok, why = bf16_support(device)
     if amp == "auto":
         p = Precision(ok, ok, f"auto: {why}")
@@ -90,6 +94,11 @@ def resolve_precision(amp: AmpSetting, device: torch.device) -> Precision:
 @functools.lru_cache(maxsize=None)
 def _log_once(p: Precision, device: str) -> None:
     log.info("advml: %s on %s%s (%s)", p.dtype, device, " + channels_last" if p.channels_last else "", p.reason)
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32 if it is in a lower precision (bf16/fp16); float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any]:

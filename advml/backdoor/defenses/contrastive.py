@@ -17,6 +17,7 @@ from advml.config import Settings
 from advml.data.base import ImageDataset
 from advml.errors import InputError
 from advml.train import Batch, TrainConfig, Trainer
+from advml.utils.precision import at_least_float32
 
 
 def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, supervised: Tensor | None = None, *,
@@ -33,11 +34,12 @@ def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, super
     if z1.shape != z2.shape or z1.dim() != 2:
         raise InputError(f"views must be (N, d) of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     with torch.autocast(z1.device.type, enabled=False):  # similarities / temperature need float32, not bf16
-        return _contrastive(z1.float(), z2.float(), labels, supervised, temperature, base_temperature)
+        return _contrastive(at_least_float32(z1), at_least_float32(z2), labels, supervised, temperature,
+                            base_temperature, anchors)
 
 
 def _contrastive(z1: Tensor, z2: Tensor, labels: Tensor | None, supervised: Tensor | None, temperature: float,
-                 base_temperature: float) -> Tensor:
+                 base_temperature: float, anchors: str) -> Tensor:
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     logits = z @ z.T / temperature

@@ -21,6 +21,7 @@ from advml.errors import ConfigError, InputError
 from advml.metrics import detection
 from advml.train import Batch, TrainConfig, Trainer
 from advml.utils.io import atomic_path
+from advml.utils.precision import at_least_float32
 
 
 class SDSettings(Settings):
@@ -105,7 +106,7 @@ def split_by_score(scores: Tensor, clean_ratio: float = 0.2, poison_ratio: float
 def intra_class_loss(features: Tensor, labels: Tensor) -> Tensor:
     """The official fine-tuning term: mean of the cosine-similarity matrix of the L2-normalised class means
     (classes present in the batch) with its diagonal zeroed; minimising it pushes class centroids apart."""
-    features = features.float()
+    features = at_least_float32(features)
     classes, inverse = labels.unique(return_inverse=True)
     if classes.numel() < 2:
         return features.sum() * 0
