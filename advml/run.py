@@ -215,7 +215,8 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
                                        "source": "truly clean training samples (oracle)"}
         torch.manual_seed(settings.seed + 1)
         ctx = DefenseContext(new_model=_model_factory(settings, data, init=False), backdoored=backdoored,
-                             seed=settings.seed, device=settings.train.device, progress=settings.train.progress,
+                             seed=settings.seed, device=settings.train.device, amp=settings.train.amp,
+                             progress=settings.train.progress,
                              checkpoint_dir=out / "checkpoints" / "defense", resume=resume,
                              train_config=settings.train, clean_data=clean)
         result = defense.run(untrusted_view(poisoned), ctx)  # no test data, no poison flags
@@ -258,7 +259,8 @@ def run_detect(settings: BackdoorRunSettings, sd: SDSettings, out: str | Path, *
     torch.manual_seed(settings.seed + 1)
     model = _model_factory(settings, data, init=False)(sd.model)
     split = distinguish(model, untrusted_view(poisoned), sd, seed=settings.seed, device=settings.train.device,
-                        progress=settings.train.progress, checkpoint_dir=out / "checkpoints", resume=resume)
+                        amp=settings.train.amp, progress=settings.train.progress, checkpoint_dir=out / "checkpoints",
+                        resume=resume)
     metrics = {**_split_outputs(out, split, poisoned, attack.name), "poison_count": int(poisoned.poison_flags.sum()),
                "train_size": len(poisoned)}
     write_json(out / "timing.json", {"seconds": time.perf_counter() - start})

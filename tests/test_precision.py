@@ -177,3 +177,25 @@ def test_compile_falls_back_with_a_warning_where_unavailable(monkeypatch):
     with pytest.warns(UserWarning, match="torch.compile is not available"):
         t = Trainer(torch.nn.Linear(1, 1), TrainConfig(compile=True))
     assert not t.compiled
+
+
+def test_train_amp_false_reaches_every_stage_of_a_defense_run(tmp_path, monkeypatch, with_bf16):
+    from advml.run import load_settings, run_backdoor
+    from advml.utils.io import load_json
+
+    seen = []
+    real = Trainer.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        seen.append(self.precision.amp)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    settings = load_settings(None, {"train_size": 200, "test_size": 60, "model": "cnn_small",
+                                    "train": {"epochs": 1, "progress": False, "amp": False},
+                                    "defense": {"name": "d-br", "epochs": 1,
+                                                "sd": {"warmup_epochs": 1, "finetune_epochs": 1}}})
+    run_backdoor(settings, tmp_path / "run")
+    assert len(seen) >= 3 and not any(seen)  # backdoored model, SD model, D-BR
+    timing = load_json(tmp_path / "run" / "timing.json")
+    assert timing["precision"]["dtype"] == "float32" and timing["train"]["images_per_second"] > 0

@@ -76,7 +76,7 @@ class ABL(Defense):
         compute = ComputeLog()
         model = ctx.new_model()
         base = {"batch_size": s.batch_size, "momentum": s.momentum, "weight_decay": s.weight_decay,
-                "device": ctx.device, "progress": ctx.progress}
+                "device": ctx.device, "amp": ctx.amp, "progress": ctx.progress}
         history: dict[str, list] = {}
         with compute.stage("isolation", epochs=s.isolation_epochs, images=n):
             config = TrainConfig(epochs=s.isolation_epochs, lr=s.lr, schedule="constant", augment=s.augment, **base)

@@ -18,6 +18,7 @@ from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.stats import wilson
 from advml.train import TrainConfig
+from advml.utils.precision import AmpSetting
 
 
 class DefenseSettings(Settings):
@@ -44,6 +45,7 @@ class DefenseContext:
     backdoored: nn.Module | None = None  # the model trained on the untrusted data (defenses that purify one)
     seed: int = 0
     device: str = "auto"
+    amp: AmpSetting = "auto"  # the run's train.amp: every stage's Trainer runs in the precision it means
     progress: bool = True
     checkpoint_dir: Path | None = None
     resume: bool = False

@@ -17,7 +17,7 @@ from advml.config import Settings
 from advml.data.base import ImageDataset
 from advml.errors import InputError
 from advml.train import Batch, TrainConfig, Trainer
-from advml.utils.precision import at_least_float32
+from advml.utils.precision import AmpSetting, at_least_float32
 
 
 def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, supervised: Tensor | None = None, *,
@@ -130,7 +130,8 @@ class ContrastiveModel(nn.Module):
 
 def train_encoder(classifier: nn.Module, data: ImageDataset, settings: ContrastiveSettings, *,
                   supervised: Tensor | None, use_labels: bool, seed: int = 0, device: str = "auto",
-                  progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False) -> nn.Module:
+                  amp: AmpSetting = "auto", progress: bool = True, checkpoint_dir: str | Path | None = None,
+                  resume: bool = False) -> nn.Module:
     """Train `classifier`'s feature extractor contrastively on two views of `data` (in place).
 
     supervised: bool per sample of `data` (which anchors use label positives), None = all of them;
@@ -154,7 +155,7 @@ def train_encoder(classifier: nn.Module, data: ImageDataset, settings: Contrasti
 
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                          warmup_epochs=min(s.warmup_epochs, s.epochs - 1), augment="none", device=device,
-                         progress=progress)
+                         amp=amp, progress=progress)
     Trainer(net, config, loss_fn=loss, seed=seed, checkpoint_dir=checkpoint_dir).fit(data, resume=resume)
     return classifier
 
@@ -189,7 +190,7 @@ class LinearProbe(nn.Module):
 def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettings,
                 loss_fn: Callable[[nn.Module, Batch], Tensor], *, evals: dict[str, ImageDataset] | None = None,
                 select: Callable[[dict], float] | None = None, seed: int = 0, device: str = "auto",
-                progress: bool = True, checkpoint_dir: str | Path | None = None,
+                amp: AmpSetting = "auto", progress: bool = True, checkpoint_dir: str | Path | None = None,
                 resume: bool = False) -> list[dict[str, Any]]:
     """Train a fresh linear head of `classifier` (in place) on its frozen encoder with single-view augmentation;
     returns the per-epoch history."""
@@ -203,7 +204,8 @@ def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettin
         return loss_fn(model, Batch(augment(batch.x), batch.y, batch.index))
 
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                         optimizer=s.optimizer, schedule=s.schedule, augment="none", device=device, progress=progress)
+                         optimizer=s.optimizer, schedule=s.schedule, augment="none", device=device, amp=amp,
+                         progress=progress)
     history = Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
                       checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
     for p in classifier.parameters():

@@ -116,7 +116,8 @@ class DBD(Defense):
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         s, n = self.settings, len(train)
         compute = ComputeLog()
-        common = {"seed": ctx.seed, "device": ctx.device, "progress": ctx.progress, "resume": ctx.resume}
+        common = {"seed": ctx.seed, "device": ctx.device, "amp": ctx.amp, "progress": ctx.progress,
+                  "resume": ctx.resume}
         with compute.stage("simclr", epochs=s.encoder.epochs, images=n, forward_images=2 * s.encoder.epochs * n):
             model = train_encoder(ctx.new_model(), train, s.encoder, supervised=None, use_labels=False,
                                   checkpoint_dir=ctx.stage_dir("encoder"), **common)
@@ -130,7 +131,8 @@ class DBD(Defense):
         m = s.mixmatch
         augment = crop_flip_augment(train.image_shape[1:]) if s.augment == "standard" else (lambda x: x)
         config = TrainConfig(epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, optimizer="adam", weight_decay=0.0,
-                             schedule="constant", augment="none", device=ctx.device, progress=ctx.progress)
+                             schedule="constant", augment="none", device=ctx.device, amp=ctx.amp,
+                             progress=ctx.progress)
         trainer = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("mixmatch"))
         if ctx.resume and trainer.checkpoint_dir and (trainer.checkpoint_dir / CHECKPOINT_NAME).is_file():
             trainer.load_checkpoint(trainer.checkpoint_dir / CHECKPOINT_NAME)

@@ -48,13 +48,14 @@ class DBR(Defense):
         if ctx.backdoored is None:
             raise ConfigError("D-BR purifies a trained model; none was given")
         s = self.settings
-        split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device,
+        split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device, amp=ctx.amp,
                             progress=ctx.progress, checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
         held = hold_out(train, split, s, ctx.seed)
         if held.poisoned.numel() == 0 or held.clean.numel() == 0:
             raise ConfigError("D_p or D_c is empty; use a larger training set or larger ratios")
         config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
                              weight_decay=s.weight_decay, schedule="constant", augment=s.augment, device=ctx.device,
+                             amp=ctx.amp,
                              progress=ctx.progress)
         trainer = Trainer(ctx.backdoored, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("unlearn_relearn"))
         history = trainer.fit([(train.subset(held.poisoned), ascent_loss), (train.subset(held.clean), cross_entropy)],

@@ -63,13 +63,13 @@ class DST(Defense):
         compute = ComputeLog()  # wall time and epochs x images per stage, to set beside DBD's
         sd_epochs = s.sd.warmup_epochs + s.sd.finetune_epochs
         with compute.stage("sd", epochs=sd_epochs, images=n, forward_images=(sd_epochs + 1 + s.sd.draws) * n):
-            split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device,
+            split = distinguish(ctx.new_model(s.sd.model), train, s.sd, seed=ctx.seed, device=ctx.device, amp=ctx.amp,
                                 progress=ctx.progress, checkpoint_dir=ctx.stage_dir("sd"), resume=ctx.resume)
         supervised = torch.zeros(len(train), dtype=torch.bool)
         supervised[split.clean] = True
         with compute.stage("encoder", epochs=s.encoder.epochs, images=n, forward_images=2 * s.encoder.epochs * n):
             model = train_encoder(ctx.new_model(), train, s.encoder, supervised=supervised, use_labels=True,
-                                  seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                                  seed=ctx.seed, device=ctx.device, amp=ctx.amp, progress=ctx.progress,
                                   checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
         held = hold_out(train, split, s, ctx.seed)
         if held.clean.numel() == 0:
@@ -80,7 +80,7 @@ class DST(Defense):
         with compute.stage("classifier", epochs=s.classifier.epochs, images=index.numel()):
             history = train_probe(model, train.subset(index), s.classifier, mce_loss(is_poisoned, s.lambda_p),
                                   evals=held.evals, select=held.select,
-                                  seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                                  seed=ctx.seed, device=ctx.device, amp=ctx.amp, progress=ctx.progress,
                                   checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
         return DefenseResult(model, split, {"history": history, "metrics": {"defense_compute": compute.report()}})
 
@@ -102,9 +102,9 @@ class Baseline1(Defense):
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         s = self.settings
         model = train_encoder(ctx.new_model(), train, s.encoder, supervised=None, use_labels=self.use_labels,
-                              seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                              seed=ctx.seed, device=ctx.device, amp=ctx.amp, progress=ctx.progress,
                               checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
-        history = train_probe(model, train, s.classifier, cross_entropy, seed=ctx.seed, device=ctx.device,
+        history = train_probe(model, train, s.classifier, cross_entropy, seed=ctx.seed, device=ctx.device, amp=ctx.amp,
                               progress=ctx.progress, checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
         return DefenseResult(model, report={"history": history})
 

@@ -48,7 +48,7 @@ def retrain(train: ImageDataset, kept: Tensor, ctx: DefenseContext,
     if kept.numel() == 0:
         raise ConfigError("the filter removed every sample; nothing is left to retrain on")
     config = config or ctx.train_config or TrainConfig()
-    config = config.model_copy(update={"device": ctx.device, "progress": ctx.progress})
+    config = config.model_copy(update={"device": ctx.device, "amp": ctx.amp, "progress": ctx.progress})
     model = ctx.new_model()
     history = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("retrain")).fit(
         train.subset(kept), resume=ctx.resume)

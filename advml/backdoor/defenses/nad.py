@@ -99,7 +99,8 @@ class NAD(Defense):
         s, student = self.settings, ctx.backdoored
         layers = stage_outputs(student, clean.get_batch(torch.zeros(1, dtype=torch.long))[0], len(s.betas))
         base = {"batch_size": s.batch_size, "lr": s.lr, "momentum": s.momentum, "weight_decay": s.weight_decay,
-                "schedule": "constant", "augment": s.augment, "device": ctx.device, "progress": ctx.progress}
+                "schedule": "constant", "augment": s.augment, "device": ctx.device, "amp": ctx.amp,
+                "progress": ctx.progress}
         teacher = copy.deepcopy(student)
         teacher_history = Trainer(teacher, TrainConfig(epochs=s.teacher_epochs, **base), loss_fn=cross_entropy,
                                   seed=ctx.seed, checkpoint_dir=ctx.stage_dir("teacher")).fit(clean, resume=ctx.resume)

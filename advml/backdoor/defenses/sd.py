@@ -21,7 +21,7 @@ from advml.errors import ConfigError, InputError
 from advml.metrics import detection
 from advml.train import Batch, TrainConfig, Trainer
 from advml.utils.io import atomic_path
-from advml.utils.precision import at_least_float32
+from advml.utils.precision import AmpSetting, at_least_float32
 
 
 class SDSettings(Settings):
@@ -133,14 +133,15 @@ SD_CHECKPOINTS = "sd_model"  # the SD model's trainer checkpoints, under the sta
 
 
 def train_sd_model(model: nn.Module, data: ImageDataset, settings: SDSettings, *, seed: int = 0,
-                   device: str = "auto", progress: bool = True, checkpoint_dir: str | Path | None = None,
+                   device: str = "auto", amp: AmpSetting = "auto", progress: bool = True,
+                   checkpoint_dir: str | Path | None = None,
                    resume: bool = False) -> nn.Module:
     """Warm-up (plain CE, no augmentation) then intra-class fine-tuning: one trainer, so the SGD momentum and the
     cosine schedule (T_max epochs) carry over from the warm-up as in the official code."""
     s = settings
     total = s.warmup_epochs + s.finetune_epochs
     config = TrainConfig(epochs=s.t_max if s.schedule == "cosine" else total, batch_size=s.batch_size, lr=s.lr,
-                         schedule=s.schedule, augment="none", device=device, progress=progress)
+                         schedule=s.schedule, augment="none", device=device, amp=amp, progress=progress)
     trainer = Trainer(model, config, seed=seed,
                       checkpoint_dir=Path(checkpoint_dir) / SD_CHECKPOINTS if checkpoint_dir else None)
     trainer.fit(data, resume=resume, stop_after=s.warmup_epochs)
@@ -151,11 +152,11 @@ def train_sd_model(model: nn.Module, data: ImageDataset, settings: SDSettings, *
 
 
 def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, seed: int = 0, train: bool = True,
-                device: str = "auto", progress: bool = True, checkpoint_dir: str | Path | None = None,
-                resume: bool = False) -> Split:
+                device: str = "auto", amp: AmpSetting = "auto", progress: bool = True,
+                checkpoint_dir: str | Path | None = None, resume: bool = False) -> Split:
     """The SD module: (train `model` on `data` unless `train=False`), FCT-score every sample, split."""
     if train:
-        train_sd_model(model, data, settings, seed=seed, device=device, progress=progress,
+        train_sd_model(model, data, settings, seed=seed, device=device, amp=amp, progress=progress,
                        checkpoint_dir=checkpoint_dir, resume=resume)
     scores = fct_scores(model, data, transforms=settings.transforms, draws=settings.draws,
                         normalize=settings.normalize_features, seed=seed)
