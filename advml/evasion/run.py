@@ -22,6 +22,7 @@ from advml.models import MODELS, build_model, load_weights
 from advml.run import prepare_out
 from advml.stats import wilson
 from advml.utils.io import atomic_path, write_json, write_text_atomic
+from advml.utils.precision import AmpSetting, parse_amp, resolve_precision, set_precision
 from advml.utils.runtime import resolve_device, seed_everything
 
 CHECKPOINTS = (10, 100, 200, 300, 400)
@@ -48,8 +49,15 @@ class TransferSettings(Settings):
     pretrained: bool = Field(False, description="torchvision ImageNet weights instead of the zoo (ImageNet data)")
     only_correct: bool = Field(True, description="evaluate on images every model classifies correctly")
     device: str = "auto"
+    amp: AmpSetting = Field(False, description="bf16 autocast + channels_last for the surrogate's and targets' "
+                                               "passes: auto, true or false (default: float32, as the papers)")
     progress: bool = True
     seed: int = 0
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp(cls, v: Any) -> AmpSetting:
+        return parse_amp(v)
 
     @field_validator("method")
     @classmethod
@@ -118,6 +126,8 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
         surrogate = model(settings.surrogate)
     targets = {name: model(name).to(device) for name in settings.targets}
     surrogate = surrogate.to(device)
+    for m in (surrogate, *targets.values()):  # one precision for every model, trained now or cached
+        set_precision(m, resolve_precision(settings.amp, device, m))
     x, y, t, image_ids = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images,
                                            data.num_classes, settings.seed, device, settings.only_correct)
     loss = settings.loss or ("logit" if settings.targeted else "ce")
@@ -159,7 +169,8 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
     heatmap(success_at, out / "success.png", f"{settings.method} from {settings.surrogate}")
-    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    precision = resolve_precision(settings.amp, device, surrogate).describe()
+    write_json(out / "timing.json", {"seconds": time.perf_counter() - start, "precision": precision})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
 
