@@ -295,7 +295,7 @@ def demo(
     epochs: Annotated[int | None, typer.Option(help="training epochs of the backdoored model")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """The quick start: BadNets on the bundled CIFAR-10 sample -> train -> D-BR -> a before/after table."""
+    """The quick start: BadNets on the bundled 10,000-image CIFAR-10 sample -> train -> D-BR -> a before/after table."""
     from advml.run import load_settings, run_backdoor
 
     overrides: dict[str, Any] = {"train": {"progress": progress}}
@@ -303,9 +303,9 @@ def demo(
         overrides["train"]["epochs"] = epochs
     settings = load_settings(None, overrides, preset="demo")
     typer.echo(f"advml demo: BadNets (3x3 white square, all2one -> class 0, rate 0.1) on the bundled CIFAR-10 "
-               f"sample (2,000 train / 500 test images); train {settings.model}, then D-BR: FCT split of the "
-               f"training set, unlearn the suspected poisoned samples, relearn the clean ones (preset: advml/presets/"
-               f"demo.yaml)")
+               f"sample (10,000 train / 1,000 test images); train {settings.model} on it, then D-BR: the SD "
+               f"module's FCT split of the training set, unlearn the suspected poisoned samples, relearn the clean "
+               f"ones (preset: advml/presets/demo.yaml)")
     start = time.perf_counter()
     result = run_backdoor(settings, out, overwrite=True)
     m = result.metrics
@@ -318,10 +318,10 @@ def demo(
     typer.echo(f"\n{m['poison_count']} of {m['train_size']} training images poisoned; the FCT split's suspected "
                f"poisoned set D_p ({m['split_sizes']['poisoned']} images) has precision {m['detect_precision']:.2f}, "
                f"and its clean set D_c ({m['split_sizes']['clean']}) is {100 * m['clean_split_poison_rate']:.1f}% "
-               f"poisoned. ASR over {m['backdoor_test_size']} triggered non-target test images; "
-               f"{time.perf_counter() - start:.0f} s. Files in {result.out}/ (fct_hist.png: the FCT histogram)")
-    typer.echo("At 2,000 images D-BR's unlearning (90 suspected images, one batch an epoch) is too weak to remove "
-               "the backdoor; at 10,000 it does: advml backdoor --preset defense_cpu --defense d-br (README).")
+               f"poisoned. ASR over {m['backdoor_test_size']} triggered non-target test images. "
+               f"{time.perf_counter() - start:.0f} s.")
+    typer.echo(f"Files in {result.out}/: metrics.json, model.safetensors, split.safetensors; the FCT histogram: "
+               f"{result.out / 'fct_hist.png'}")
 
 
 @app.command()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from advml.train import TrainConfig, Trainer
 from advml.utils.io import remove_stale_temps, save_tensors, write_json, write_text_atomic
 from advml.utils.runtime import resolve_device, seed_everything
 
+log = logging.getLogger("advml")
 METRIC_KEYS = ("clean_acc", "asr", "psnr", "linf", "ssim")
 STEALTH_SAMPLE = 1000  # poisoned images used for PSNR / l-inf / SSIM
 
@@ -201,6 +203,8 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
     if defense.needs_backdoored_model:
         torch.manual_seed(settings.seed)
         backdoored = new_model()
+        log.info("advml: training %s on %d images (%d poisoned by %s), %d epochs", settings.model, len(poisoned),
+                 int(poisoned.poison_flags.sum()), attack.name, settings.train.epochs)
         trainer = Trainer(backdoored, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
         history = trainer.fit(poisoned, evals, resume=resume)
         timing = {"precision": trainer.precision.describe(), "train": _throughput(trainer.timing)}
@@ -219,6 +223,7 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
                              progress=settings.train.progress,
                              checkpoint_dir=out / "checkpoints" / "defense", resume=resume,
                              train_config=settings.train, clean_data=clean)
+        log.info("advml: defense %s", defense.name)
         result = defense.run(untrusted_view(poisoned), ctx)  # no test data, no poison flags
         model = result.model
         if result.split is not None:

@@ -195,3 +195,11 @@ def test_cifar10_subset_file_alone_refuses_a_full_size_request(tmp_path, data_di
     with pytest.raises(DataError, match="train_size <= 5000"):
         load_dataset("cifar10", tmp_path / "d", download=False, train_size=8000)
     assert len(load_dataset("cifar10", tmp_path / "d", download=False, train_size=5000).train) == 5000
+
+
+def test_the_bundled_10k_sample_is_class_balanced_real_cifar10(sample):
+    big = load_dataset("sample10k")
+    assert (len(big.train), len(big.test)) == (10000, 1000)
+    assert torch.bincount(big.train.labels).tolist() == [1000] * 10
+    assert torch.bincount(big.test.labels).tolist() == [100] * 10
+    assert big.classes == sample.classes and big.mean == sample.mean

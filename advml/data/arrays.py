@@ -9,6 +9,7 @@ from advml.data.formats import read_jpeg_npz, read_xy_npz
 from advml.data.registry import DATASETS, DatasetSplits
 
 SAMPLE_FILE = "cifar10_sample.npz"
+SAMPLE10K_FILE = "cifar10_sample10k.npz"
 
 
 def _stats(ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -24,11 +25,22 @@ def load_npz_dataset(arg: str | None, data_dir: Path | None, **_: object) -> Dat
     return DatasetSplits(f"npz:{arg}", train, test, mean, std)
 
 
+def _bundled(name: str, file: str) -> DatasetSplits:
+    from advml.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+
+    with resources.as_file(resources.files("advml.data") / "assets" / file) as path:
+        train, test = read_jpeg_npz(path)
+    return DatasetSplits(name, train, test, CIFAR10_MEAN, CIFAR10_STD)
+
+
 @DATASETS.register("sample", "bundled CIFAR-10 sample: 2,000 train + 500 test real images, class-balanced")
 def load_sample(arg: str | None, data_dir: Path | None, **_: object) -> DatasetSplits:
     """A class-balanced CIFAR-10 sample shipped inside the package (works offline)."""
-    from advml.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+    return _bundled("sample", SAMPLE_FILE)
 
-    with resources.as_file(resources.files("advml.data") / "assets" / SAMPLE_FILE) as path:
-        train, test = read_jpeg_npz(path)
-    return DatasetSplits("sample", train, test, CIFAR10_MEAN, CIFAR10_STD)
+
+@DATASETS.register("sample10k", "bundled CIFAR-10 sample: 10,000 train + 1,000 test real images, class-balanced "
+                                "(the demo's)")
+def load_sample10k(arg: str | None, data_dir: Path | None, **_: object) -> DatasetSplits:
+    """A larger class-balanced CIFAR-10 sample shipped inside the package (3.4 MB of JPEG bytes)."""
+    return _bundled("sample10k", SAMPLE10K_FILE)

@@ -3,6 +3,8 @@ poisoned samples D_p (unlearning) and descent on the detected clean samples D_c 
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -18,6 +20,8 @@ from advml.backdoor.defenses.sd import SDSettings, distinguish
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
 from advml.train import Batch, TrainConfig, Trainer, cross_entropy
+
+log = logging.getLogger("advml")
 
 
 class DBRSettings(HoldoutSettings):
@@ -55,8 +59,9 @@ class DBR(Defense):
             raise ConfigError("D_p or D_c is empty; use a larger training set or larger ratios")
         config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
                              weight_decay=s.weight_decay, schedule="constant", augment=s.augment, device=ctx.device,
-                             amp=ctx.amp,
-                             progress=ctx.progress)
+                             amp=ctx.amp, progress=ctx.progress)
+        log.info("advml: D-BR: unlearn %d suspected poisoned samples, relearn %d clean ones, %d epochs",
+                 held.poisoned.numel(), held.clean.numel(), s.epochs)
         trainer = Trainer(ctx.backdoored, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("unlearn_relearn"))
         history = trainer.fit([(train.subset(held.poisoned), ascent_loss), (train.subset(held.clean), cross_entropy)],
                               held.evals, resume=ctx.resume, select=held.select)

@@ -160,8 +160,7 @@ class FinePruning(Defense):
         prune.custom_from_mask(site.linear, "weight", mask.unsqueeze(0).expand_as(site.linear.weight).float())
         config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
                              weight_decay=s.weight_decay, schedule=s.schedule, augment=s.augment, device=ctx.device,
-                             amp=ctx.amp,
-                             progress=ctx.progress)
+                             amp=ctx.amp, progress=ctx.progress)
         history = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("finetune")).fit(
             clean, resume=ctx.resume)
         prune.remove(site.linear, "weight")  # permanent: zero columns in a plain weight

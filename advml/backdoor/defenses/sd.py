@@ -4,6 +4,8 @@ the training set into D_c (lowest scores, likely clean), D_p (highest, likely po
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from advml.metrics import detection
 from advml.train import Batch, TrainConfig, Trainer
 from advml.utils.io import atomic_path
 from advml.utils.precision import AmpSetting, at_least_float32
+
+log = logging.getLogger("advml")
 
 
 class SDSettings(Settings):
@@ -155,6 +159,8 @@ def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, s
                 device: str = "auto", amp: AmpSetting = "auto", progress: bool = True,
                 checkpoint_dir: str | Path | None = None, resume: bool = False) -> Split:
     """The SD module: (train `model` on `data` unless `train=False`), FCT-score every sample, split."""
+    log.info("advml: SD module: %s%d + %d epochs, then FCT scores (%s, %d draws)", "" if train else "(trained) ",
+             settings.warmup_epochs, settings.finetune_epochs, "+".join(settings.transforms), settings.draws)
     if train:
         train_sd_model(model, data, settings, seed=seed, device=device, amp=amp, progress=progress,
                        checkpoint_dir=checkpoint_dir, resume=resume)
