@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from advml import provenance
 from advml.config import Settings
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import ConfigError, NumericalError
@@ -161,8 +162,7 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _config_key(self) -> str:
-        ignore = {"progress", "device", "num_workers", "eval_batch_size"}
-        return json.dumps({k: v for k, v in self.config.model_dump().items() if k not in ignore}, sort_keys=True)
+        return json.dumps(provenance.train_key(self.config.model_dump()), sort_keys=True)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write model, optimizer, RNG and progress to one safetensors file, atomically."""
@@ -179,12 +179,13 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"epoch": str(self.epoch), "history": json.dumps(self.history), "config": self._config_key(),
                 "seed": str(self.seed), "param_groups": json.dumps(opt["param_groups"]),
-                "optim_scalars": json.dumps(scalars)}
+                "optim_scalars": json.dumps(scalars), **provenance.stamp(path)}  # the run's fingerprint
         save_tensors(path, tensors, meta)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore everything `save_checkpoint` wrote; the training settings must be the same."""
         tensors, meta = load_tensors(path)
+        provenance.check(path, meta)  # written by this run (data, attack, model, defense...), or refused
         if meta.get("config") != self._config_key() or meta.get("seed") != str(self.seed):
             raise ConfigError(f"{path}: checkpoint was written with other training settings or seed; "
                               "resume with the same settings or use another output folder")

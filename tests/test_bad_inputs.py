@@ -202,6 +202,12 @@ CASES = [
          "is an existing file, not a folder"),
     Case("out-holds-a-run", "--out a finished run, no --resume", ["backdoor", "--out", "{f}/a_run"], ConfigError,
          "pass --resume to continue that run"),
+    Case("resume-not-a-run", "--resume into a folder of user files (temp-like names too)",
+         B("--out", "{f}/user_folder", "--resume"), ConfigError, "holds files but no advml run"),
+    Case("overwrite-not-a-run", "--overwrite into a folder of user files",
+         B("--out", "{f}/user_folder", "--overwrite"), ConfigError, "holds files but no advml run"),
+    Case("transfer-overwrite-not-a-run", "transfer --overwrite into a folder of user files",
+         T("--out", "{f}/user_folder", "--overwrite"), ConfigError, "holds files but no advml run"),
     # --- datasets: empty, missing classes, shapes, dtypes, values, files ---
     Case("train-size-too-large", "--train-size 99 (40 images)", B("--dataset", "npz:{tiny}", "--train-size", "99"),
          ConfigError, "subset of 99 images requested but the data has only 40"),
@@ -348,6 +354,10 @@ def files(tmp_path_factory) -> Path:
     (f / "a_file").write_text("keep me\n")
     (f / "a_run").mkdir()
     (f / "a_run" / "metrics.json").write_text("{}\n")
+    (f / "a_run" / "config.yaml").write_text("seed: 0\n")
+    (f / "user_folder" / "sub").mkdir(parents=True)
+    for name in (".notes.txt.ab12cd.tmp", "sub/.draft.md.x1y2z3.tmp", "config.yml", "checkpoints.txt"):
+        (f / "user_folder" / name).write_text("mine\n")
     return f
 
 

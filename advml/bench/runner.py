@@ -17,6 +17,7 @@ from advml.bench.spec import BenchSpec, Cell, Scale
 from advml.bench.store import ResultStore, code_version
 from advml.config import dump_yaml, load_yaml, validate
 from advml.errors import ConfigError
+from advml.provenance import differences
 from advml.utils.io import write_text_atomic
 
 def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
@@ -72,15 +73,10 @@ def _check_same(kind: str, folder: Path, settings: dict[str, Any], cell_id: str)
         before = validate(Model, load_yaml(config)).model_dump(mode="json")
     except ConfigError:
         before = load_yaml(config)
-    if _without_progress(before) != _without_progress(settings):
+    diff = differences(_without_progress(before), _without_progress(settings))
+    if diff:
         raise ConfigError(f"cell {cell_id} in {folder.parent.parent} finished with other settings than the spec "
-                          f"now gives; delete {folder} to rerun it, or use a new --out")
-
-
-def _clear_partial(folder: Path) -> None:
-    """Remove temp files a killed run left behind (atomic writes never expose them; they are only litter)."""
-    for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
-        tmp.unlink()
+                          f"now gives ({', '.join(diff[:4])}); delete {folder} to rerun it, or use a new --out")
 
 
 def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], version: str) -> None:
@@ -94,8 +90,8 @@ def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], ve
 
 def _local(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callable[[Cell, Path], None],
            progress: bool) -> None:
-    for cell, settings, folder in tqdm(jobs, desc="cells", disable=not progress):
-        _clear_partial(folder)
+    for cell, settings, folder in tqdm(jobs, desc="cells", disable=not progress):  # a cut cell's run clears the
+        # temp files its killed writers left (advml's own names, in the folder advml made), then resumes
         run_cell(kind, settings, str(folder))
         done(cell, folder)
 
@@ -112,8 +108,6 @@ def _ray(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callabl
             p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)}}
         ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=progress,
                  **({"num_cpus": os.cpu_count()} if address is None else {}))
-    for _, _, folder in jobs:
-        _clear_partial(folder)
     task = ray.remote(run_cell).options(num_cpus=scale.cpus, num_gpus=scale.gpus, max_retries=0)
     pending = {task.remote(kind, s, str(f), max(1, int(scale.cpus))): (c, f) for c, s, f in jobs}
     bar = tqdm(total=len(pending), desc="cells (ray)", disable=not progress)

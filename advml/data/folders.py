@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +44,13 @@ class FolderImageDataset(ImageDataset):
     def get_batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.stack([_read_resized(self.files[int(i)], self.size) for i in index])
         return x.float().div_(255), self._labels[index]
+
+    def _hash_content(self, h: Any) -> None:
+        """Each file's resolved path, size and modification time (not its bytes: folder sets can be huge)."""
+        for f in self.files:
+            st = os.stat(f)
+            h.update(f"{os.path.realpath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(self._labels.numpy().tobytes() + str(self.size).encode())
 
 
 @DATASETS.register("imagefolder", "ImageNet-style imagefolder:<root> with train/<class>/* and val/<class>/*")

@@ -19,9 +19,11 @@ from advml.evasion.methods import compose, parse
 from advml.evasion.zoo import ZooSettings, zoo_model
 from advml.metrics import predict
 from advml.models import MODELS, build_model, load_weights
-from advml.run import prepare_out
+from advml.provenance import file_sha256
+from advml.run import comparable, prepare_out
 from advml.stats import wilson
 from advml.utils.io import atomic_path, write_json, write_text_atomic
+from advml.utils.rundir import RunFolder
 from advml.utils.runtime import resolve_device, seed_everything
 
 CHECKPOINTS = (10, 100, 200, 300, 400)
@@ -96,8 +98,16 @@ def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_c
 
 def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Attack the surrogate with `settings.method`; success on every target and white-box."""
-    out = prepare_out(out, resume=False, overwrite=overwrite)
     start = time.perf_counter()
+    folder = prepare_out(out, resume=False, overwrite=overwrite, kind="transfer")
+    try:
+        return _run_transfer(settings, folder, overwrite=overwrite, start=start)
+    finally:
+        folder.release()
+
+
+def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: bool, start: float) -> dict[str, Any]:
+    out = folder.path
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     data = load_dataset(settings.dataset, settings.data_dir, seed=settings.seed)
@@ -156,10 +166,12 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
         "denominator": "all n_images evaluation images (each classified correctly by every model before the "
                        "attack); targeted success = predicted as the target class",
     }
-    out.mkdir(parents=True, exist_ok=True)
+    folder.begin({"settings": comparable(settings), "surrogate_weights_sha256": file_sha256(settings.surrogate_weights),
+                  "data": {"source": data.source, "content": data.fingerprint()}}, resume=False, overwrite=overwrite,
+                 start=start)
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
     heatmap(success_at, out / "success.png", f"{settings.method} from {settings.surrogate}")
-    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    write_json(out / "timing.json", {"seconds": folder.scope.seconds()})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
 

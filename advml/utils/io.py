@@ -6,7 +6,8 @@ pickles are read with an unpickler that only admits NumPy array reconstruction. 
 with an `UnsafeFileError` (or a `DataError` for an unreadable file) that names the file.
 
 Writes are atomic: a temporary file beside the target, fsync, then rename. A process killed mid-write
-leaves at most a `.<name>.*.tmp` file, which no reader opens (`remove_stale_temps` clears them on resume).
+leaves at most a `.<name>.*.tmp` file, which no reader opens (`remove_stale_temps` clears those of advml's own
+file names on resume). A write that fails (disk full, read-only folder) is an `OutputError` naming the file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,35 +28,49 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from advml.errors import DataError, UnsafeFileError
+from advml.errors import DataError, OutputError, UnsafeFileError
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`. A failed write (disk
+    full, read-only or foreign folder) is an OutputError naming `path`; the old file is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # what atomic_path's mkstemp creates
+_TEMP_NAME = re.compile(r"^\.(.+)\.[A-Za-z0-9_]+\.tmp$")  # what atomic_path's mkstemp creates
 
 
-def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporary files that writers killed mid-write left under `folder`; return them."""
+def temp_target(name: str) -> str | None:
+    """The file an atomic-write temp file named `name` was to become, None if `name` is not such a temp name."""
+    m = _TEMP_NAME.match(name)
+    return m.group(1) if m else None
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], owned: Callable[[str], bool] = lambda name: True) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left directly in `folder` (not below it), when
+    the file they were to become is `owned`; return them."""
     folder = Path(folder)
-    stale = [p for p in folder.rglob(".*.tmp") if p.is_file() and _TEMP_NAME.match(p.name)] if folder.is_dir() \
-        else []
+    stale = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()
+             and (t := temp_target(p.name)) is not None and owned(t)] if folder.is_dir() else []
     for p in stale:
         p.unlink()
     return stale

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
+
+from advml import provenance
 
 
 class ComputeLog:
@@ -18,16 +20,20 @@ class ComputeLog:
 
     @contextmanager
     def stage(self, name: str, *, epochs: int, images: int, forward_images: int | None = None) -> Iterator[None]:
+        """Time the body as stage `name`; within a run, resumed stages add the seconds earlier processes spent."""
         start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages[name] = {"seconds": round(time.perf_counter() - start, 3), "epochs": epochs,
-                                 "images": images, "epoch_images": epochs * images,
-                                 "forward_images": epochs * images if forward_images is None else forward_images}
+        scope = provenance.current()
+        with scope.stage(f"defense.{name}") if scope is not None else nullcontext(None) as clock:
+            try:
+                yield
+            finally:
+                seconds = clock() if clock is not None else time.perf_counter() - start
+                self.stages[name] = {"seconds": round(seconds, 3), "epochs": epochs, "images": images,
+                                     "epoch_images": epochs * images,
+                                     "forward_images": epochs * images if forward_images is None else forward_images}
 
     def report(self) -> dict[str, Any]:
-        """{'stages': {...}, 'seconds', 'epoch_images', 'forward_images': totals} (a stage resumed from its
-        checkpoints counts only the time it took this time)."""
+        """{'stages': {...}, 'seconds', 'epoch_images', 'forward_images': totals} (in a resumed run a stage's
+        seconds are summed over its processes, each counted up to its last checkpoint)."""
         total = {k: sum(s[k] for s in self.stages.values()) for k in ("seconds", "epoch_images", "forward_images")}
         return {"stages": self.stages, **total, "seconds": round(total["seconds"], 3)}
