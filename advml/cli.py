@@ -144,7 +144,7 @@ def zoo_train(
     data = load_dataset(dataset, data_dir, seed=settings.seed)
     for arch in archs.split(","):
         _, info = zoo_model(data, arch, settings)
-        typer.echo(f"{arch:<18} clean_acc {info['clean_acc']:.4f}  {entry(data.name, arch, settings)}")
+        typer.echo(f"{arch:<18} clean_acc {info['clean_acc']:.4f}  {entry(data, arch, settings)}")
 
 
 @app.command()

@@ -65,21 +65,24 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def refuse_mismatch(where: str, before: Any, after: Any) -> None:
+RESUME_HINT = "resume with the same settings, or pass --overwrite to start that run over"
+
+
+def refuse_mismatch(where: str, before: Any, after: Any, hint: str = RESUME_HINT) -> None:
     """ConfigError naming every setting that differs between the run in `where` and the one asked for."""
     diff = differences(before, after)
     if diff:
         raise ConfigError(f"{where} was written by a run with other settings: {', '.join(diff[:6])}"
-                          + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
-                          + "; resume with the same settings, or pass --overwrite to start that run over")
+                          + (f" and {len(diff) - 6} more" if len(diff) > 6 else "") + f"; {hint}")
 
 
 class RunScope:
     """One folder's fingerprint and clock: seconds and per-stage seconds of earlier processes plus this one's."""
 
     def __init__(self, root: str | Path, fingerprint: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None,
-                 save: Callable[[dict[str, Any]], None] | None = None, start: float | None = None) -> None:
-        self.root = Path(root).resolve()
+                 save: Callable[[dict[str, Any]], None] | None = None, start: float | None = None,
+                 hint: str = RESUME_HINT) -> None:
+        self.root, self.hint = Path(root).resolve(), hint
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
         prev = previous or {}
         self.before = float(prev.get("seconds") or 0.0)
@@ -128,12 +131,12 @@ class RunScope:
         raw = meta.get(STAMP_KEY)
         if raw is None:
             raise ConfigError(f"{path}: checkpoint carries no run fingerprint (written by an older advml or "
-                              "another tool); pass --overwrite to start the run over")
+                              f"another tool); {self.hint.split(', or ')[-1]}")
         try:
             stored = json.loads(raw)
         except ValueError:
             raise DataError(f"{path}: damaged checkpoint (its run fingerprint is not JSON)") from None
-        refuse_mismatch(str(path), stored, self.fingerprint)
+        refuse_mismatch(str(path), stored, self.fingerprint, self.hint)
 
 
 _SCOPES: ContextVar[tuple[RunScope, ...]] = ContextVar("advml_run_scopes", default=())

@@ -179,3 +179,79 @@ def test_differences_name_dotted_keys_and_a_changed_method_once():
     after = {"attack": {"name": "sig", "delta": 40}, "train": {"lr": 0.02, "epochs": 1}, "seed": 0, "new": 1}
     assert differences(before, after) == ['attack.name ("badnets" -> "sig")', "train.lr (0.01 -> 0.02)",
                                           "new (new: 1)"]
+
+
+# --- caches: the zoo and ISSBA's encoders ------------------------------------------------------------------
+
+def _tiny_npz(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_npz(path, x, y, x[:20], y[:20])
+    return path
+
+
+@pytest.fixture
+def zoo(tmp_path, monkeypatch):
+    from advml.evasion.zoo import ZooSettings
+
+    monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path / "cache"))
+    return ZooSettings(epochs=1, batch_size=16)
+
+
+def test_a_zoo_entry_is_never_served_for_other_data_typed_alike(tmp_path, monkeypatch, zoo):
+    """`npz:d.npz` from two folders, and `npz:a/b.npz` vs `npz:a_b.npz`, each get their own model."""
+    from advml.data import load_dataset
+    from advml.evasion.zoo import entry, zoo_model
+
+    folders = []
+    for i, (cwd, spec) in enumerate([("one", "d.npz"), ("two", "d.npz"), ("three", "a/b.npz"), ("three", "a_b.npz")]):
+        _tiny_npz(tmp_path / cwd / spec, seed=i)
+        monkeypatch.chdir(tmp_path / cwd)
+        data = load_dataset(f"npz:{spec}")
+        _, info = zoo_model(data, "cnn_small", zoo, progress=False)
+        assert info["data_fingerprint"] == data.fingerprint() and info["source"] == str((tmp_path / cwd / spec))
+        folders.append(entry(data, "cnn_small", zoo))
+    assert len(set(folders)) == 4 and all((f / "model.safetensors").is_file() for f in folders)
+    same = load_dataset(f"npz:{tmp_path / 'one' / 'd.npz'}")  # the same file by another spelling: the same entry
+    assert entry(same, "cnn_small", zoo) == folders[0]
+
+
+def test_a_zoo_entry_made_from_other_data_is_refused_on_load(tmp_path, zoo):
+    from advml.data import load_dataset
+    from advml.errors import DataError
+    from advml.evasion.zoo import entry, zoo_model
+
+    a, b = (load_dataset(f"npz:{_tiny_npz(tmp_path / n, seed=s)}") for n, s in (("a.npz", 0), ("b.npz", 1)))
+    zoo_model(a, "cnn_small", zoo, progress=False)
+    planted = entry(b, "cnn_small", zoo)  # a's entry copied to where b's would be
+    shutil.copytree(entry(a, "cnn_small", zoo), planted)
+    with pytest.raises(DataError, match=r"made from other data or settings \(.*data_fingerprint"):
+        zoo_model(b, "cnn_small", zoo, progress=False)
+    for name in ("model.safetensors", "info.json"):  # only a's training checkpoint is left there
+        (planted / name).unlink()
+    with pytest.raises(ConfigError, match=r"other settings: .*data_fingerprint.*delete .* to retrain it"):
+        zoo_model(b, "cnn_small", zoo, progress=False)
+
+
+def test_a_cached_issba_encoder_is_keyed_by_the_whole_content_and_checked(tmp_path, monkeypatch):
+    from advml.backdoor.attacks.issba import ISSBA, cache_entry
+    from advml.data import TensorImageDataset
+    from advml.errors import DataError
+
+    monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
+    y = np.arange(40) % 10
+    a = TensorImageDataset(x, y, [str(c) for c in range(10)])
+    x2 = x.copy()
+    x2[20, 0, 0, 0] ^= 1  # one pixel in the middle: the old key (first/last 16 images) could not see it
+    b = TensorImageDataset(x2, y, a.classes)
+    tiny = {"width": 4, "depth": 2, "epochs": 1, "secret_only_epochs": 0, "ramp_epochs": 0, "batch_size": 16,
+            "bits": 20}
+    attack = ISSBA(encoder="train", stegastamp=tiny)
+    assert cache_entry(attack.settings.stegastamp, a) != cache_entry(attack.settings.stegastamp, b)
+    attack.prepare(a, 0)
+    shutil.copytree(cache_entry(attack.settings.stegastamp, a), cache_entry(attack.settings.stegastamp, b))
+    with pytest.raises(DataError, match="trained with other settings or data"):
+        ISSBA(encoder="train", stegastamp=tiny).prepare(b, 0)
