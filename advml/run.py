@@ -238,10 +238,13 @@ def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: b
         backdoored = new_model()
         trainer = Trainer(backdoored, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
         history = trainer.fit(poisoned, evals, resume=resume)
+        final = history[-1]
+        if resume:  # the weights may come from a checkpoint: measure them, never repeat what it recorded
+            final = {name: accuracy(backdoored, d, batch_size=settings.train.eval_batch_size) for name, d in evals.items()}
     model = backdoored
     if defense.name != "none":
         if backdoored is not None:
-            metrics["clean_acc_before"], metrics["asr_before"] = history[-1]["clean_acc"], history[-1].get("asr")
+            metrics["clean_acc_before"], metrics["asr_before"] = final["clean_acc"], final.get("asr")
         clean = None
         if defense.needs_clean_data:  # an oracle: truly clean training samples, said so in metrics.json
             clean, _ = oracle_clean_subset(poisoned, defense.settings.clean_fraction, settings.seed)
@@ -261,7 +264,7 @@ def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: b
         metrics["clean_acc"] = accuracy(model, data.test)
         metrics["asr"] = attack_success_rate(model, backdoor_test) if backdoor_test is not None else None
     else:
-        metrics["clean_acc"], metrics["asr"] = history[-1]["clean_acc"], history[-1].get("asr")
+        metrics["clean_acc"], metrics["asr"] = final["clean_acc"], final.get("asr")
     save_tensors(out / "model.safetensors", model.state_dict(), {"model": settings.model})
 
     has_poison = bool(poisoned.poison_flags.any())

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 from advml import provenance
 from advml.config import Settings
 from advml.data.base import ImageDataset, as_image_dataset
-from advml.errors import ConfigError, NumericalError
+from advml.errors import ConfigError, DataError, NumericalError
 from advml.metrics import accuracy
+from advml.utils.checks import check_state
 from advml.utils.io import load_tensors, save_tensors
 from advml.utils.runtime import resolve_device
 
@@ -183,26 +184,70 @@ class Trainer:
         save_tensors(path, tensors, meta)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Restore everything `save_checkpoint` wrote; the training settings must be the same."""
+        """Restore everything `save_checkpoint` wrote; the training settings must be the same, and every tensor and
+        record is checked (keys, shapes, finite values, RNG states, history) before any of it is loaded."""
         tensors, meta = load_tensors(path)
         provenance.check(path, meta)  # written by this run (data, attack, model, defense...), or refused
         if meta.get("config") != self._config_key() or meta.get("seed") != str(self.seed):
             raise ConfigError(f"{path}: checkpoint was written with other training settings or seed; "
                               "resume with the same settings or use another output folder")
+        state, scalars, groups, epoch, history = self._checked(path, tensors, meta)
         self.model.load_state_dict(model_state(tensors))
+        for k, v in scalars.items():
+            pid, key = k.split(".", 1)
+            state.setdefault(int(pid), {})[key] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.generator.set_state(tensors["rng.data"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.epoch, self.history = epoch, history
+
+    def _checked(self, path: str | os.PathLike[str], tensors: dict[str, Tensor],
+                 meta: Mapping[str, str]) -> tuple[dict[int, dict[str, Any]], dict[str, Any], list, int, list]:
+        """The optimiser state, scalars, param groups, epoch and history of a checkpoint, each checked."""
+        check_state(model_state(tensors), self.model.state_dict(), str(path))
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
                 _, pid, key = k.split(".", 2)
-                state.setdefault(int(pid), {})[key] = v.to(self.device)
-        for k, v in json.loads(meta["optim_scalars"]).items():
-            pid, key = k.split(".", 1)
-            state.setdefault(int(pid), {})[key] = v
-        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-        self.generator.set_state(tensors["rng.data"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.epoch = int(meta["epoch"])
-        self.history = json.loads(meta["history"])
+                i = int(pid) if pid.isdigit() else -1
+                expected = () if key == "step" else tuple(params[i].shape) if 0 <= i < len(params) else None
+                if expected is None or tuple(v.shape) != expected or (v.is_floating_point() and
+                                                                      not bool(torch.isfinite(v).all())):
+                    raise DataError(f"{path}: damaged checkpoint, optimiser state {k!r} does not fit the model")
+                state.setdefault(i, {})[key] = v.to(self.device)
+        for name, live in (("rng.data", self.generator.get_state()), ("rng.torch", torch.get_rng_state())):
+            t = tensors.get(name)
+            if t is None or t.dtype != live.dtype or t.shape != live.shape:
+                raise DataError(f"{path}: damaged checkpoint, {name} is not a random generator state")
+        try:
+            epoch, history = int(meta["epoch"]), json.loads(meta["history"])
+            scalars, groups = json.loads(meta["optim_scalars"]), json.loads(meta["param_groups"])
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{path}: damaged checkpoint, unreadable progress record ({e})") from None
+        ok = (0 <= epoch <= self.config.epochs and isinstance(history, list) and len(history) == epoch
+              and all(isinstance(r, dict) for r in history) and isinstance(scalars, dict)
+              and all(isinstance(k, str) and k.split(".", 1)[0].isdigit() for k in scalars)
+              and isinstance(groups, list) and len(groups) == len(self.optimizer.param_groups)
+              and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                      and len(g["params"]) == len(own["params"]) for g, own in zip(groups, self.optimizer.param_groups)))
+        if not ok:
+            raise DataError(f"{path}: damaged checkpoint, its epoch ({meta.get('epoch')}), history or optimiser "
+                            "groups do not fit this training")
+        return state, scalars, groups, epoch, history
+
+    def _load_best(self, path: Path) -> tuple[float, dict[str, Tensor]]:
+        """The best epoch's weights and score saved by `fit(select=...)`, checked like a checkpoint."""
+        tensors, meta = load_tensors(path)
+        provenance.check(path, meta)
+        check_state(tensors, self.model.state_dict(), str(path))
+        try:
+            score = float(meta["score"])
+        except (KeyError, ValueError):
+            raise DataError(f"{path}: damaged checkpoint, no selection score") from None
+        if not math.isfinite(score):
+            raise DataError(f"{path}: damaged checkpoint, selection score {score}")
+        return score, tensors
 
     # --- loop -----------------------------------------------------------------------------------------
     def _batches(self, data: ImageDataset) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
@@ -266,8 +311,7 @@ class Trainer:
         if resume and ckpt is not None and ckpt.is_file():
             self.load_checkpoint(ckpt)
             if select is not None and best_path is not None and best_path.is_file():
-                tensors, meta = load_tensors(best_path)
-                best = (float(meta["score"]), tensors)
+                best = self._load_best(best_path)
         last = min(self.config.epochs, stop_after) if stop_after is not None else self.config.epochs
         epochs = tqdm(range(self.epoch, last), initial=self.epoch, total=self.config.epochs, desc="training",
                       disable=not self.config.progress)
@@ -282,7 +326,8 @@ class Trainer:
                 if best is None or score > best[0]:
                     best = (score, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
                     if best_path is not None and self.rank == 0:
-                        save_tensors(best_path, best[1], {"score": repr(score), "epoch": str(self.epoch + 1)})
+                        save_tensors(best_path, best[1], {"score": repr(score), "epoch": str(self.epoch + 1),
+                                                          **provenance.stamp(best_path)})
             self.epoch += 1
             self.history.append(record)
             epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from advml.config import dump_yaml
 from advml.errors import ConfigError
@@ -26,7 +27,8 @@ from advml.utils.rundir import MARKER
 BASE = {"train_size": 100, "test_size": 50, "model": "cnn_small",
         "train": {"epochs": 1, "progress": False, "augment": "none"}}
 SD = {"warmup_epochs": 1, "finetune_epochs": 0}
-KINDS = {"backdoor": {}, "defense": {"defense": {"name": "d-br", "epochs": 1, "sd": SD}}, "detect": {"sd": SD}}
+KINDS = {"backdoor": {}, "defense": {"defense": {"name": "d-br", "epochs": 1, "holdout_fraction": 0.5, "sd": SD}},
+         "detect": {"sd": SD}}
 # (name, settings change, key named by the recorded settings, key named by the checkpoint's fingerprint)
 CHANGES = [
     ("data-content", "content", "data.content", "data.content"),
@@ -255,3 +257,80 @@ def test_a_cached_issba_encoder_is_keyed_by_the_whole_content_and_checked(tmp_pa
     shutil.copytree(cache_entry(attack.settings.stegastamp, a), cache_entry(attack.settings.stegastamp, b))
     with pytest.raises(DataError, match="trained with other settings or data"):
         ISSBA(encoder="train", stegastamp=tiny).prepare(b, 0)
+
+
+# --- checkpoints: every tensor and record checked; a finished model measured, never its record repeated ------
+
+def _damage(ckpt: Path, fn) -> None:
+    from advml.utils.io import load_tensors, save_tensors
+
+    tensors, meta = load_tensors(ckpt)
+    fn(tensors, meta)
+    save_tensors(ckpt, tensors, meta)
+
+
+def _first_weight(t: dict) -> str:
+    return next(k for k, v in t.items() if k.startswith("model.") and v.is_floating_point() and v.ndim > 1)
+
+
+DAMAGES = {
+    "nan-weights": (lambda t, m: t[_first_weight(t)].fill_(float("nan")), "hold NaN or inf values"),
+    "inf-momentum": (lambda t, m: t[next(k for k in t if k.startswith("optim."))].fill_(float("inf")),
+                     "optimiser state"),
+    "wrong-shape": (lambda t, m: t.update({_first_weight(t): t[_first_weight(t)][:1]}), "of another shape"),
+    "missing-key": (lambda t, m: t.pop(_first_weight(t)), "1 missing"),
+    "extra-key": (lambda t, m: t.update({"model.extra.weight": torch.zeros(2)}), "1 unexpected"),
+    "optim-shape": (lambda t, m: t.update({k: t[k][:1] for k in [next(k for k in t if k.startswith("optim."))]}),
+                    "does not fit the model"),
+    "optim-foreign-id": (lambda t, m: t.update({"optim.999.momentum_buffer": torch.zeros(3)}),
+                         "does not fit the model"),
+    "rng-dtype": (lambda t, m: t.update({"rng.data": t["rng.data"].float()}), "rng.data is not a random generator"),
+    "rng-missing": (lambda t, m: t.pop("rng.torch"), "rng.torch is not a random generator"),
+    "history-not-list": (lambda t, m: m.update({"history": '{"a": 1}'}), "history or optimiser groups"),
+    "history-not-json": (lambda t, m: m.update({"history": "[{"}), "unreadable progress record"),
+    "epoch-beyond": (lambda t, m: m.update({"epoch": "7"}), "its epoch (7)"),
+    "epoch-missing": (lambda t, m: m.pop("epoch"), "unreadable progress record"),
+    "groups-wrong": (lambda t, m: m.update({"param_groups": "[]"}), "history or optimiser groups"),
+    "fingerprint-not-json": (lambda t, m: m.update({"advml_run": "{"}), "run fingerprint is not JSON"),
+    "fingerprint-gone": (lambda t, m: m.pop("advml_run"), "carries no run fingerprint"),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGES))
+def test_a_damaged_but_parseable_checkpoint_is_refused_never_loaded(finished, npz, tmp_path, name):
+    from advml.errors import AdvmlError
+
+    run = _killed(finished["backdoor"], tmp_path / "run")
+    fn, fragment = DAMAGES[name]
+    _damage(run / "checkpoints" / "last.safetensors", fn)
+    with pytest.raises(AdvmlError) as info:
+        _run("backdoor", npz, run, resume=True)
+    assert fragment in str(info.value) and "last.safetensors" in str(info.value), info.value
+    assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
+
+
+def test_a_damaged_best_epoch_file_is_refused(finished, npz, tmp_path):
+    from advml.errors import DataError
+
+    run = _killed(finished["defense"], tmp_path / "run")
+    best = next(run.rglob("best.safetensors"))
+    _damage(best, lambda t, m: t[next(k for k, v in t.items() if v.is_floating_point())].fill_(float("nan")))
+    with pytest.raises(DataError, match="best.safetensors: damaged checkpoint, 1 tensors hold NaN"):
+        _run("defense", npz, run, resume=True)
+
+
+def test_a_finished_checkpoint_with_altered_weights_is_measured_not_its_history_repeated(finished, npz, tmp_path):
+    from advml.data import load_dataset
+    from advml.metrics import accuracy
+    from advml.models import build_model, load_weights
+
+    run = _killed(finished["backdoor"], tmp_path / "run")
+    recorded = json.loads((finished["backdoor"] / "metrics.json").read_text())
+    assert recorded["asr"] < 0.9
+    bias = lambda t: next(k for k in reversed(list(t)) if k.startswith("model.") and k.endswith("bias"))  # noqa: E731
+    _damage(run / "checkpoints" / "last.safetensors", lambda t, m: t[bias(t)].copy_(torch.eye(10)[0] * 1e4))
+    m = _run("backdoor", npz, run, resume=True).metrics  # every image now goes to class 0, the attack's target
+    data = load_dataset(f"npz:{npz}", train_size=100, test_size=50)
+    model = load_weights(build_model("cnn_small", 10, mean=data.mean, std=data.std), run / "model.safetensors")
+    assert m["clean_acc"] == accuracy(model, data.test) and m["asr"] == 1.0
+    assert m["history"] == recorded["history"]  # the training record itself is kept as it was
