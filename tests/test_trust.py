@@ -334,3 +334,50 @@ def test_a_finished_checkpoint_with_altered_weights_is_measured_not_its_history_
     model = load_weights(build_model("cnn_small", 10, mean=data.mean, std=data.std), run / "model.safetensors")
     assert m["clean_acc"] == accuracy(model, data.test) and m["asr"] == 1.0
     assert m["history"] == recorded["history"]  # the training record itself is kept as it was
+
+
+# --- deletion: only files advml named, in folders advml made -----------------------------------------------
+
+USER_TEMPS = [".notes.txt.ab12cd.tmp", "mine/.last.safetensors.zz9_x.tmp", "mine/.metrics.json.q1w2e3.tmp",
+              ".draft.tmp"]
+ADVML_TEMPS = [".metrics.json.k1ll3d.tmp", ".config.yaml.abc_12.tmp", "checkpoints/.last.safetensors.x1y2z3.tmp"]
+
+
+@pytest.mark.parametrize("via", ["resume", "bench-cell"])
+def test_a_killed_writers_temp_files_are_cleared_but_never_a_users(finished, npz, tmp_path, via):
+    from advml.bench.runner import run_cell
+
+    run = _killed(finished["backdoor"], tmp_path / "run")
+    for name in USER_TEMPS + ADVML_TEMPS:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("x")
+    if via == "resume":
+        _run("backdoor", npz, run, resume=True)
+    else:
+        settings, _ = _settings("backdoor", npz)
+        run_cell("backdoor", settings.model_dump(mode="json"), str(run))
+    assert all((run / n).read_text() == "x" for n in USER_TEMPS)
+    assert not any((run / n).exists() for n in ADVML_TEMPS)
+    assert (run / "metrics.json").read_bytes() == (finished["backdoor"] / "metrics.json").read_bytes()
+
+
+@pytest.mark.parametrize("flag", ["resume", "overwrite"])
+def test_a_folder_advml_did_not_make_is_neither_resumed_nor_overwritten(npz, tmp_path, flag):
+    folder = tmp_path / "mine"
+    names = ["checkpoints/.last.safetensors.x1y2z3.tmp", "checkpoints/last.safetensors", ".metrics.json.k1ll3d.tmp",
+             "model.safetensors", "notes.txt"]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("mine")
+    with pytest.raises(ConfigError, match="holds files but no advml run"):
+        _run("backdoor", npz, folder, **{flag: True})
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == sorted(names)
+
+
+def test_a_bad_input_leaves_no_folder_behind_and_an_existing_one_as_it_was(tmp_path):
+    from advml.errors import DataError
+
+    deep = tmp_path / "a" / "b" / "run"
+    with pytest.raises(DataError):
+        run_backdoor(load_settings(None, {**BASE, "dataset": f"npz:{tmp_path / 'none.npz'}"}), deep)
+    assert not (tmp_path / "a").exists()
