@@ -381,3 +381,56 @@ def test_a_bad_input_leaves_no_folder_behind_and_an_existing_one_as_it_was(tmp_p
     with pytest.raises(DataError):
         run_backdoor(load_settings(None, {**BASE, "dataset": f"npz:{tmp_path / 'none.npz'}"}), deep)
     assert not (tmp_path / "a").exists()
+
+
+# --- one run per folder at a time ----------------------------------------------------------------------------
+
+HOLD = ("import sys, time; from advml.utils.rundir import open_run; f = open_run(sys.argv[1], 'backdoor', "
+        "resume=False, overwrite=False); print('locked', flush=True); time.sleep(60)")
+
+
+def test_a_second_run_into_a_folder_in_use_exits_2_naming_the_holder(npz, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from advml.cli import app
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for flags in ([], ["--resume"], ["--overwrite"]):
+            r = CliRunner().invoke(app, ["backdoor", "--out", str(out), "--dataset", f"npz:{npz}", "--epochs", "1",
+                                         "--no-progress", *flags])
+            assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+            assert f"is in use by another advml run (pid {holder.pid} on {socket.gethostname()}" in r.output
+        assert sorted(p.name for p in out.iterdir()) == [".advml.lock"]  # nothing written beside the holder
+    finally:
+        holder.kill()
+        holder.wait()
+    r = CliRunner().invoke(app, ["backdoor", "--out", str(out), "--dataset", f"npz:{npz}", "--epochs", "1",
+                                 "--train-size", "100", "--test-size", "50", "--no-progress"])
+    assert r.exit_code == 0, r.output  # a killed holder's lock file is stale: the next run takes it
+    assert not (out / ".advml.lock").exists()
+
+
+def test_two_runs_in_one_process_cannot_share_a_folder_and_a_bench_folder_is_locked_too(tmp_path):
+    from advml.utils.rundir import RunFolder, open_run
+
+    first = open_run(tmp_path / "run", "backdoor", resume=False, overwrite=False)
+    try:
+        with pytest.raises(ConfigError, match=r"in use by another advml run \(pid \d+ on "):
+            open_run(tmp_path / "run", "detect", resume=True, overwrite=False)
+        bench = RunFolder(tmp_path / "bench", "bench")
+        bench.acquire()
+        with pytest.raises(ConfigError, match="in use"):
+            RunFolder(tmp_path / "bench", "bench").acquire()
+        bench.release()
+    finally:
+        first.release()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "bench").exists()  # made, never used: removed

@@ -19,6 +19,7 @@ from advml.config import dump_yaml, load_yaml, validate
 from advml.errors import ConfigError
 from advml.provenance import differences
 from advml.utils.io import write_text_atomic
+from advml.utils.rundir import RunFolder
 
 def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
     """A cell's complete, validated run settings (so a bad grid fails before any work starts)."""
@@ -135,8 +136,6 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
 
     `ray`: 'off' runs cells one after the other in this process; 'local' starts a local Ray instance; any
     other value is the address of a running Ray cluster."""
-    from advml.bench.report import render_report
-
     scale = spec.scale(preset)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -148,7 +147,19 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
             raise ConfigError(f"no cells {sorted(unknown)} in {spec.name}")
         cells = [c for c in cells if c.id in only]
     settings = {c.id: cell_settings(spec, preset, c) for c in cells}  # validate everything first
-    out.mkdir(parents=True, exist_ok=True)
+    lock = RunFolder(out, "bench")
+    lock.acquire()  # a second bench into this folder stops here, naming this one
+    try:
+        _run_bench(spec, preset, out, cells, settings, scale, ray, progress)
+    finally:
+        lock.release()
+    return out
+
+
+def _run_bench(spec: BenchSpec, preset: str, out: Path, cells: list[Cell], settings: dict[str, dict[str, Any]],
+               scale: Scale, ray: str | None, progress: bool) -> None:
+    from advml.bench.report import render_report
+
     previous = out / "spec.yaml"
     record = {"spec": spec.model_dump(mode="json"), "preset": preset}
     if previous.is_file() and not _same_bench(load_yaml(previous), spec, preset):
@@ -186,4 +197,3 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
         print(f"{len(jobs)} cell(s) run in {time.perf_counter() - start:.0f} s; "
               f"{len(cells) - len(jobs)} reused", flush=True)
     render_report(out)
-    return out
