@@ -434,3 +434,54 @@ def test_two_runs_in_one_process_cannot_share_a_folder_and_a_bench_folder_is_loc
     finally:
         first.release()
     assert not (tmp_path / "run").exists() and not (tmp_path / "bench").exists()  # made, never used: removed
+
+
+# --- bench specs: figures and names are plain file names inside the bench's own folders ----------------------
+
+def _spec(**changes):
+    from advml.bench.spec import BenchSpec
+    from advml.config import deep_merge, validate
+
+    data = {"name": "t", "kind": "backdoor", "grid": {"attack.name": ["badnets"]},
+            "presets": {"smoke": {"settings": {"dataset": "sample"}}},
+            "table": {"rows": ["attack.name"], "values": {"clean_acc": "ACC"}, "figures": ["fct_hist.png"]}}
+    return validate(BenchSpec, deep_merge(data, changes), "spec.yaml")
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"table": {"figures": ["../../../etc/passwd"]}}, "table.figures"),
+    ({"table": {"figures": ["/etc/passwd"]}}, "table.figures"),
+    ({"table": {"figures": ["sub/x.png"]}}, "table.figures"),
+    ({"table": {"figures": [".."]}}, "table.figures"),
+    ({"presets": {"smoke": {"table": {"rows": ["attack.name"], "values": {"asr": "ASR"},
+                                      "figures": ["../x.png"]}}}}, "presets.smoke.table.figures"),
+    ({"name": "../../escape"}, "name"),
+    ({"name": "a/b"}, "name"),
+    ({"name": ""}, "name"),
+    ({"presets": {"../up": {}}}, "presets"),
+])
+def test_a_spec_naming_paths_outside_its_folders_is_refused(changes, key):
+    with pytest.raises(ConfigError) as info:
+        _spec(**changes)
+    assert f"spec.yaml.{key}" in str(info.value) and "plain file name" in str(info.value), info.value
+
+
+def test_only_regular_png_files_of_the_cell_folder_are_recorded(tmp_path):
+    from advml.bench.runner import _record
+    from advml.bench.spec import Cell
+    from advml.bench.store import ResultStore
+
+    cell = tmp_path / "cells" / "c1"
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text('{"clean_acc": 0.5}')
+    png = b"\x89PNG\r\n\x1a\n" + bytes(20)
+    (cell / "good.png").write_bytes(png)
+    (tmp_path / "secret.png").write_bytes(png + b"secret")
+    (cell / "link.png").symlink_to(tmp_path / "secret.png")
+    (cell / "text.png").write_text("root:x:0:0")
+    store = ResultStore(tmp_path / "results.sqlite")
+    try:
+        _record(store, Cell({"attack.name": "badnets"}), cell, ["good.png", "link.png", "text.png", "none.png"], "v")
+        assert store.figures() == {Cell({"attack.name": "badnets"}).id: {"good.png": png}}
+    finally:
+        store.close()

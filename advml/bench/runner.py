@@ -85,7 +85,13 @@ def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], ve
     config = load_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
     timing = folder / "timing.json"
     seconds = json.loads(timing.read_text()).get("seconds") if timing.is_file() else metrics.get("seconds")
-    pngs = {name: (folder / name).read_bytes() for name in figures if (folder / name).is_file()}
+    pngs = {}
+    for name in figures:  # plain names (the spec checks them), regular files of the cell folder, PNGs only
+        path = folder / name
+        if path.is_file() and not path.is_symlink() and path.resolve().parent == folder.resolve():
+            data = path.read_bytes()
+            if data.startswith(b"\x89PNG\r\n\x1a\n"):
+                pngs[name] = data
     store.add(cell.id, cell.params, config, metrics, seconds, pngs, version)
 
 
