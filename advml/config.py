@@ -6,14 +6,23 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advml.errors import ConfigError, DataError
 
 M = TypeVar("M", bound=BaseModel)
+SEED_MAX = 2**63 - 2**16  # torch, NumPy and Python take 64-bit seeds; advml derives seed + k for its streams
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="a seed: an integer in [0, 2^63 - 2^16]")]
+
+
+def check_seed(seed: int, name: str = "--seed") -> int:
+    """`seed` if it is a seed advml can use (see Seed), else a ConfigError."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{name} must be an integer in [0, {SEED_MAX}] (64-bit), got {seed}")
+    return seed
 
 
 class Settings(BaseModel):

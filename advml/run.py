@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from advml.backdoor.attacks import build_attack
 from advml.backdoor.defenses.sd import SDSettings, Split, fct_histogram
-from advml.config import Settings, deep_merge, dump_yaml, load_yaml, validate
+from advml.config import Seed, Settings, deep_merge, dump_yaml, load_yaml, validate
 from advml.data import load_dataset
 from advml.errors import ConfigError
 from advml.metrics import accuracy, attack_success_rate, stealth
@@ -46,7 +46,7 @@ class BackdoorRunSettings(Settings):
     defense: dict[str, Any] = Field(default_factory=lambda: {"name": "none"},
                                     description="a defense name, or {name: ..., settings}")
     train: TrainConfig = Field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("model")
     @classmethod

@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from advml.config import Settings
+from advml.config import Seed, Settings
 from advml.data.base import ImageDataset, as_image_dataset, balanced_indices
 from advml.errors import ConfigError, DataError, InputError, NumericalError
 from advml.train import model_state
@@ -67,7 +67,7 @@ class StegaStampSettings(Settings):
     cosine_floor: float | None = Field(None, ge=-1, le=1, description="mean cosines below this are penalised too "
                                                                       "(a shared part the model learns); None: off")
     secret_group: int = Field(8, ge=1, description="images per batch that share one random secret")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def _conv(cin: int, cout: int, stride: int = 1, norm: bool = False) -> nn.Sequential:

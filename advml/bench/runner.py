@@ -4,7 +4,6 @@ never re-run, an unfinished backdoor cell continues from its checkpoints."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -16,9 +15,9 @@ from tqdm import tqdm
 from advml.bench.spec import BenchSpec, Cell, Scale
 from advml.bench.store import ResultStore, code_version
 from advml.config import dump_yaml, load_yaml, validate
-from advml.errors import ConfigError
+from advml.errors import ConfigError, DataError
 from advml.provenance import differences
-from advml.utils.io import write_text_atomic
+from advml.utils.io import load_json, write_text_atomic
 from advml.utils.rundir import RunFolder
 
 def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
@@ -81,10 +80,13 @@ def _check_same(kind: str, folder: Path, settings: dict[str, Any], cell_id: str)
 
 
 def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], version: str) -> None:
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = load_json(folder / "metrics.json")
     config = load_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
-    timing = folder / "timing.json"
-    seconds = json.loads(timing.read_text()).get("seconds") if timing.is_file() else metrics.get("seconds")
+    timing = load_json(folder / "timing.json") if (folder / "timing.json").is_file() else {}
+    seconds = timing.get("seconds") if isinstance(timing, dict) else None
+    if not isinstance(metrics, dict) or not (seconds is None or isinstance(seconds, (int, float))):
+        raise DataError(f"{folder}: metrics.json or timing.json is not what a run writes; delete {folder} to rerun "
+                        "that cell")
     pngs = {}
     for name in figures:  # plain names (the spec checks them), regular files of the cell folder, PNGs only
         path = folder / name

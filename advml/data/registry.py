@@ -103,6 +103,12 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, t
             setattr(splits, split, ds.subset(balanced_indices(ds.labels, size, ds.num_classes, gen)))
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise ConfigError(f"dataset {spec!r} has an empty split")
+    (c, h, w), test_shape = splits.train.image_shape, splits.test.image_shape
+    if h != w:  # found here, not as a shape error inside a model after an epoch
+        raise DataError(f"dataset {spec!r}: images are {w}x{h} (width x height); advml's models take square images")
+    if test_shape != (c, h, w):
+        raise DataError(f"dataset {spec!r}: test images are {tuple(test_shape)} but training images {(c, h, w)} "
+                        "(channels, height, width); both splits must have one shape")
     if name != "nips17":  # NIPS'17 is an evaluation set of 1,000 ImageNet classes, not a training set
         counts = torch.bincount(splits.train.labels, minlength=splits.num_classes)
         if bool((counts == 0).any()):

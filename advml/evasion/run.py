@@ -11,7 +11,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from advml.config import Settings, dump_yaml
+from advml.config import Seed, Settings, dump_yaml
 from advml.data import load_dataset
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
@@ -51,7 +51,7 @@ class TransferSettings(Settings):
     only_correct: bool = Field(True, description="evaluate on images every model classifies correctly")
     device: str = "auto"
     progress: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("method")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from advml.config import Settings
+from advml.config import Seed, Settings
 from advml.data.registry import DatasetSplits
 from advml.errors import DataError
 from advml.metrics import accuracy
@@ -32,7 +32,7 @@ class ZooSettings(Settings):
     batch_size: int = Field(128, ge=1)
     augment: str = "standard"
     train_size: int | None = Field(None, ge=1, description="None: the whole training set")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def cache_dir() -> Path:
