@@ -43,8 +43,8 @@ def file_sha256(path: str | Path | None) -> str | None:
 def differences(before: Any, after: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two JSON-like values, each with its two values."""
     if isinstance(before, Mapping) and isinstance(after, Mapping):
-        if "name" in before and "name" in after and before["name"] != after["name"]:  # another method altogether:
-            return differences(before["name"], after["name"], f"{prefix}.name" if prefix else "name")  # its options follow
+        if "name" in before and "name" in after and before["name"] != after["name"]:  # another method: its
+            return differences(before["name"], after["name"], f"{prefix}.name" if prefix else "name")  # options follow
         out = []
         for k in list(before) + [k for k in after if k not in before]:
             key = f"{prefix}.{k}" if prefix else str(k)

@@ -240,7 +240,8 @@ def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: b
         history = trainer.fit(poisoned, evals, resume=resume)
         final = history[-1]
         if resume:  # the weights may come from a checkpoint: measure them, never repeat what it recorded
-            final = {name: accuracy(backdoored, d, batch_size=settings.train.eval_batch_size) for name, d in evals.items()}
+            final = {name: accuracy(backdoored, d, batch_size=settings.train.eval_batch_size)
+                     for name, d in evals.items()}
     model = backdoored
     if defense.name != "none":
         if backdoored is not None:

@@ -230,7 +230,8 @@ class Trainer:
               and all(isinstance(k, str) and k.split(".", 1)[0].isdigit() for k in scalars)
               and isinstance(groups, list) and len(groups) == len(self.optimizer.param_groups)
               and all(isinstance(g, dict) and isinstance(g.get("params"), list)
-                      and len(g["params"]) == len(own["params"]) for g, own in zip(groups, self.optimizer.param_groups)))
+                      and len(g["params"]) == len(own["params"])
+                      for g, own in zip(groups, self.optimizer.param_groups)))
         if not ok:
             raise DataError(f"{path}: damaged checkpoint, its epoch ({meta.get('epoch')}), history or optimiser "
                             "groups do not fit this training")

@@ -485,3 +485,27 @@ def test_only_regular_png_files_of_the_cell_folder_are_recorded(tmp_path):
         assert store.figures() == {Cell({"attack.name": "badnets"}).id: {"good.png": png}}
     finally:
         store.close()
+
+
+def test_a_defense_stage_counts_the_seconds_of_every_process_that_ran_it(tmp_path):
+    """ComputeLog inside a run: a resumed stage reports its earlier processes' seconds (as saved at their last
+    checkpoint) plus this one's; the run's total does the same."""
+    import time
+
+    from advml.backdoor.defenses.compute import ComputeLog
+    from advml.provenance import RunScope, run_scope
+
+    saved = []
+    scope = RunScope(tmp_path, {"seed": 0}, previous={"seconds": 100.0, "stages": {"defense.encoder": 40.0}},
+                     save=saved.append)
+    log = ComputeLog()
+    with run_scope(scope):
+        with log.stage("encoder", epochs=2, images=10):
+            time.sleep(0.05)
+            scope.save()  # what a checkpoint does
+        with log.stage("classifier", epochs=1, images=10):
+            pass
+    assert 40.05 <= log.stages["encoder"]["seconds"] < 41 and log.stages["classifier"]["seconds"] < 1
+    assert saved[0]["stages"]["defense.encoder"] >= 40.05 and saved[0]["seconds"] >= 100.05
+    assert scope.progress()["stages"]["defense.encoder"] == pytest.approx(log.stages["encoder"]["seconds"], abs=1e-3)
+    assert ComputeLog().report()["seconds"] == 0  # outside a run: this process's time only

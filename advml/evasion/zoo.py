@@ -84,7 +84,8 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
         idx = balanced_indices(train_set.labels, settings.train_size, data.num_classes,
                                torch.Generator().manual_seed(settings.seed))
         train_set = train_set.subset(idx)
-    with run_scope(RunScope(folder, made_from, hint=f"delete {folder} to retrain it")):  # its checkpoints carry, and are checked against, what it is made from
+    # the entry's checkpoints carry, and are checked against, what it is made from
+    with run_scope(RunScope(folder, made_from, hint=f"delete {folder} to retrain it")):
         Trainer(model, config, seed=settings.seed, checkpoint_dir=folder / "checkpoints").fit(train_set, resume=True)
     info = {**made_from, "clean_acc": accuracy(model, data.test)}
     write_json(folder / "info.json", info)  # the model file is written last: it marks a finished entry
