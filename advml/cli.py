@@ -10,14 +10,23 @@ from typing import Annotated, Any
 
 import typer
 
-from advml.errors import AdvmlError
+from advml.errors import AdvmlError, ConfigError
+
+FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="advml: backdoor attacks and defenses, transferable adversarial examples.")
 
 
+_RESUME = {"backdoor": "rerun the same command with --resume to continue from the last checkpoint",
+           "detect": "rerun the same command with --resume to continue from the last checkpoint",
+           "bench": "rerun the same command to continue (finished cells are kept, a cut one resumes)",
+           "zoo_train": "rerun the same command to continue (a zoo model resumes from its checkpoint)",
+           "transfer": "a transfer run does not resume: rerun it with --overwrite"}
+
+
 def _errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """advml errors become one line on stderr and exit code 2, never a traceback."""
+    """advml errors become one line on stderr and exit code 2, never a traceback; Ctrl-C says how to go on."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -26,6 +35,12 @@ def _errors(fn: Callable[..., None]) -> Callable[..., None]:
         except AdvmlError as e:
             typer.echo("advml: error: " + str(e).replace("\n", " "), err=True)  # one line, whatever the text
             raise typer.Exit(2) from None
+        except MemoryError:  # the last net: inputs are bounded before allocation, settings may still ask too much
+            typer.echo("advml: error: out of memory; use smaller data, batches or models", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("advml: interrupted; " + _RESUME.get(fn.__name__, "nothing was finished"), err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -144,7 +159,7 @@ def zoo_train(
     data = load_dataset(dataset, data_dir, seed=settings.seed)
     for arch in archs.split(","):
         _, info = zoo_model(data, arch, settings)
-        typer.echo(f"{arch:<18} clean_acc {info['clean_acc']:.4f}  {entry(data.name, arch, settings)}")
+        typer.echo(f"{arch:<18} clean_acc {info['clean_acc']:.4f}  {entry(data, arch, settings)}")
 
 
 @app.command()
@@ -258,10 +273,20 @@ def triggers(
     """Draw clean, poisoned and amplified-residual images for one attack."""
     from advml.backdoor import build_attack
     from advml.backdoor.inspect import trigger_figure
-    from advml.config import parse_assignments
+    from advml.config import check_seed, parse_assignments
 
-    figures = trigger_figure(build_attack(attack, **parse_assignments(sets or [])),
-                             _data(dataset, data_dir, train_size, seed), out, n=n, seed=seed)
+    if out.suffix.lower() not in FIGURE_FORMATS:
+        raise ConfigError(f"--out {out}: a figure file must end in {', '.join(FIGURE_FORMATS)}")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a figure file name")
+    if not 1 <= n <= 64:
+        raise ConfigError(f"--n must be between 1 and 64 images, got {n}")
+    check_seed(seed)
+    built = build_attack(attack, **parse_assignments(sets or []))
+    data = _data(dataset, data_dir, train_size, seed)
+    if n > len(data.test):
+        raise ConfigError(f"--n {n}: the test split has only {len(data.test)} images")
+    figures = trigger_figure(built, data, out, n=n, seed=seed)
     typer.echo(f"wrote {out}  (" + ", ".join(f"{k} {v:.3g}" for k, v in figures.items() if v is not None) + ")")
 
 
@@ -279,8 +304,13 @@ def stealth(
 ) -> None:
     """PSNR, l-inf and SSIM of every registered attack over the same test images, as one table."""
     from advml.backdoor.inspect import stealth_table
-    from advml.config import parse_assignments
+    from advml.config import check_seed, parse_assignments
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a folder")
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1 test image, got {n}")
+    check_seed(seed)
     data = _data(dataset, data_dir, train_size, seed)
     n = min(n, len(data.test))
     stealth_table(data, out, attacks=attacks.split(",") if attacks else None, n=n, seed=seed,

@@ -6,14 +6,23 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advml.errors import ConfigError, DataError
 
 M = TypeVar("M", bound=BaseModel)
+SEED_MAX = 2**63 - 2**16  # torch, NumPy and Python take 64-bit seeds; advml derives seed + k for its streams
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="a seed: an integer in [0, 2^63 - 2^16]")]
+
+
+def check_seed(seed: int, name: str = "--seed") -> int:
+    """`seed` if it is a seed advml can use (see Seed), else a ConfigError."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{name} must be an integer in [0, {SEED_MAX}] (64-bit), got {seed}")
+    return seed
 
 
 class Settings(BaseModel):
@@ -90,17 +99,80 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            node[leaf] = safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key.strip()}: not a valid YAML value ({getattr(e, 'problem', None) or e})") \
+                from None
     return out
 
 
+MAX_YAML_NODES = 100_000  # a settings file (aliases expanded) is far smaller; a 'billion laughs' file is not
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader (plain data only, no tags that build objects), refusing documents whose aliases would
+    expand to more than MAX_YAML_NODES nodes, or that refer to themselves."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes of `root` as if every alias were copied (each distinct node sized once), iteratively."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        if done:
+            open_.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_NODES:,} values (a 'billion laughs' "
+                                  "document?); refused")
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in open_:
+            raise ConfigError("a YAML alias refers to the node that holds it (a recursive document); refused")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack += [(c, False) for c in children if id(c) not in size]
+
+
+def safe_load(text: str) -> Any:
+    """YAML text to plain data with the bounded safe loader."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply; refused") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader."""
+    """Read a UTF-8 YAML mapping with the bounded safe loader."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such config file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a settings file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: not readable ({e.strerror or e})") from None
+    try:
+        data = safe_load(text) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -36,3 +36,7 @@ class UnsafeFileError(AdvmlError, ValueError):
 
 class NumericalError(AdvmlError, FloatingPointError):
     """Training diverged (a NaN or inf loss): a setting such as the learning rate is too large."""
+
+
+class OutputError(AdvmlError):
+    """A result could not be written: the disk is full, the folder read-only or not ours to write."""

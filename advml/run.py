@@ -15,14 +15,16 @@ from pydantic import Field, field_validator
 
 from advml.backdoor.attacks import build_attack
 from advml.backdoor.defenses.sd import SDSettings, Split, fct_histogram
-from advml.config import Settings, deep_merge, dump_yaml, load_yaml, validate
+from advml.config import Seed, Settings, deep_merge, dump_yaml, load_yaml, validate
 from advml.data import load_dataset
 from advml.errors import ConfigError
 from advml.metrics import accuracy, attack_success_rate, stealth
 from advml.models import build_model
 from advml.registry import Registry
 from advml.train import TrainConfig, Trainer
-from advml.utils.io import remove_stale_temps, save_tensors, write_json, write_text_atomic
+from advml.provenance import file_sha256, refuse_mismatch, train_key
+from advml.utils.io import save_tensors, write_json, write_text_atomic
+from advml.utils.rundir import RunFolder, open_run
 from advml.utils.runtime import resolve_device, seed_everything
 
 log = logging.getLogger("advml")
@@ -46,7 +48,7 @@ class BackdoorRunSettings(Settings):
     defense: dict[str, Any] = Field(default_factory=lambda: {"name": "none"},
                                     description="a defense name, or {name: ..., settings}")
     train: TrainConfig = Field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("model")
     @classmethod
@@ -125,25 +127,56 @@ def load_detect_settings(config: str | Path | None = None, overrides: dict[str, 
     return validate(BackdoorRunSettings, data), validate(SDSettings, sd, "sd")
 
 
-def prepare_out(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Check the output folder before any work starts."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is an existing file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
-        raise ConfigError(f"--out {out} already holds files; pass --resume to continue that run "
-                          "or --overwrite to replace it")
-    if resume:
-        remove_stale_temps(out)  # what a killed writer left; never read, only cleared
-    return out
+def prepare_out(out: str | Path, *, resume: bool, overwrite: bool, kind: str = "backdoor") -> RunFolder:
+    """Check the output folder before any work starts and lock it (see `advml.utils.rundir`)."""
+    return open_run(out, kind, resume=resume, overwrite=overwrite)
 
 
-def _setup(settings: BackdoorRunSettings, out: Path, resume: bool) -> tuple[Any, Any, Any, Any]:
-    """Check a resumed run's settings, load the data, poison it, write config.yaml."""
-    if resume and (out / "config.yaml").is_file():
-        previous = validate(BackdoorRunSettings, load_yaml(out / "config.yaml"))
-        if previous != settings:
-            raise ConfigError(f"{out}/config.yaml differs from the settings given; resume with the same ones")
+def comparable(settings: Settings) -> dict[str, Any]:
+    """Settings as compared on resume: all but those that never change a result (progress bars, device...)."""
+    data = settings.model_dump(mode="json")
+    if isinstance(data.get("train"), dict):
+        data["train"] = train_key(data["train"])
+    return {k: v for k, v in data.items() if k not in {"progress", "device", "data_dir", "download"}}
+
+
+def check_resumed_config(out: Path, model: type[Settings], settings: Settings, name: str = "config.yaml",
+                         key: str = "") -> None:
+    """A resumed run's recorded settings (under `key`, if given) must be the ones given; the error names every one
+    that differs."""
+    path = out / name
+    if not path.is_file():
+        return
+    try:
+        previous = validate(model, load_yaml(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: not the settings of a run this advml can resume ({e})") from None
+    before, after = comparable(previous), comparable(settings)
+    refuse_mismatch(str(path), {key: before} if key else before, {key: after} if key else after)
+
+
+def run_fingerprint(settings: BackdoorRunSettings, data: Any, sd: SDSettings | None = None) -> dict[str, Any]:
+    """Everything a backdoor (or detect) run's result depends on: every checkpoint it writes carries this, and a
+    resume is refused, naming the difference, when it does not match."""
+    s = settings.model_dump(mode="json")
+    return {"data": {"dataset": s["dataset"], "source": data.source, "train_size": s["train_size"],
+                     "test_size": s["test_size"], "content": data.fingerprint()},
+            "attack": s["attack"],
+            "model": {"name": s["model"], "options": s["model_options"], "init_weights": s["init_weights"],
+                      "init_weights_sha256": file_sha256(settings.init_weights)},
+            "defense": s["defense"] if sd is None else {"sd": sd.model_dump(mode="json")},
+            "train": train_key(s["train"]), "seed": s["seed"]}
+
+
+def _setup(settings: BackdoorRunSettings, folder: RunFolder, *, resume: bool, overwrite: bool, start: float,
+           sd: SDSettings | None = None) -> tuple[Any, Any, Any, Any]:
+    """Check a resumed run's settings, load the data, poison it, begin the run (its fingerprint checked against a
+    resumed one's, an overwritten one's files cleared), write config.yaml."""
+    out = folder.path
+    if resume and not overwrite:
+        check_resumed_config(out, BackdoorRunSettings, settings)
+        if sd is not None:
+            check_resumed_config(out, SDSettings, sd, "sd.yaml", "sd")
     seed_everything(settings.seed)
     data = load_dataset(settings.dataset, settings.data_dir, train_size=settings.train_size,
                         test_size=settings.test_size, seed=settings.seed, download=settings.download)
@@ -151,7 +184,7 @@ def _setup(settings: BackdoorRunSettings, out: Path, resume: bool) -> tuple[Any,
     poisoned = attack.poison(data.train, seed=settings.seed)
     with torch.random.fork_rng(devices=[]):  # leaves the seeded RNG as it was
         _model_factory(settings, data)()  # the model's options and --init-weights fail here, before any write
-    out.mkdir(parents=True, exist_ok=True)
+    folder.begin(run_fingerprint(settings, data, sd), resume=resume, overwrite=overwrite, start=start)
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
     return data, attack, poisoned, attack.backdoor_test_set(data.test)
 
@@ -187,12 +220,21 @@ def _throughput(timing: dict[str, Any]) -> dict[str, Any]:
 def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool = False,
                  overwrite: bool = False) -> RunResult:
     """Poison the training set, train on it (and defend), measure clean accuracy, ASR and trigger stealth."""
+    start = time.perf_counter()
+    folder = prepare_out(out, resume=resume, overwrite=overwrite)
+    try:
+        return _run_backdoor(settings, folder, resume=resume, overwrite=overwrite, start=start)
+    finally:
+        folder.release()
+
+
+def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: bool, overwrite: bool,
+                  start: float) -> RunResult:
     from advml.backdoor.defenses import DefenseContext, build_defense, untrusted_view
     from advml.backdoor.defenses.base import oracle_clean_subset
 
-    out = prepare_out(out, resume=resume, overwrite=overwrite)
-    start = time.perf_counter()
-    data, attack, poisoned, backdoor_test = _setup(settings, out, resume)
+    out = folder.path
+    data, attack, poisoned, backdoor_test = _setup(settings, folder, resume=resume, overwrite=overwrite, start=start)
     defense = build_defense(settings.defense)
     new_model = _model_factory(settings, data)
     evals = {"clean_acc": data.test} if backdoor_test is None else {"clean_acc": data.test, "asr": backdoor_test}
@@ -208,10 +250,14 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
         trainer = Trainer(backdoored, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
         history = trainer.fit(poisoned, evals, resume=resume)
         timing = {"precision": trainer.precision.describe(), "train": _throughput(trainer.timing)}
+        final = history[-1]
+        if resume:  # the weights may come from a checkpoint: measure them, never repeat what it recorded
+            final = {name: accuracy(backdoored, d, batch_size=settings.train.eval_batch_size)
+                     for name, d in evals.items()}
     model = backdoored
     if defense.name != "none":
         if backdoored is not None:
-            metrics["clean_acc_before"], metrics["asr_before"] = history[-1]["clean_acc"], history[-1].get("asr")
+            metrics["clean_acc_before"], metrics["asr_before"] = final["clean_acc"], final.get("asr")
         clean = None
         if defense.needs_clean_data:  # an oracle: truly clean training samples, said so in metrics.json
             clean, _ = oracle_clean_subset(poisoned, defense.settings.clean_fraction, settings.seed)
@@ -233,7 +279,7 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
         metrics["clean_acc"] = accuracy(model, data.test)
         metrics["asr"] = attack_success_rate(model, backdoor_test) if backdoor_test is not None else None
     else:
-        metrics["clean_acc"], metrics["asr"] = history[-1]["clean_acc"], history[-1].get("asr")
+        metrics["clean_acc"], metrics["asr"] = final["clean_acc"], final.get("asr")
     save_tensors(out / "model.safetensors", model.state_dict(), {"model": settings.model})
 
     has_poison = bool(poisoned.poison_flags.any())
@@ -247,7 +293,7 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
         "history": history,
     })
     metrics = {k: metrics[k] for k in ("clean_acc", "asr")} | metrics
-    write_json(out / "timing.json", {"seconds": time.perf_counter() - start, **timing})
+    write_json(out / "timing.json", {"seconds": folder.scope.seconds(), **timing})  # every process, summed
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)
 
@@ -255,11 +301,20 @@ def run_backdoor(settings: BackdoorRunSettings, out: str | Path, *, resume: bool
 def run_detect(settings: BackdoorRunSettings, sd: SDSettings, out: str | Path, *, resume: bool = False,
                overwrite: bool = False) -> RunResult:
     """The SD module alone: poison, train the SD model, FCT-score, split; write split, metrics, histogram."""
+    start = time.perf_counter()
+    folder = prepare_out(out, resume=resume, overwrite=overwrite, kind="detect")
+    try:
+        return _run_detect(settings, sd, folder, resume=resume, overwrite=overwrite, start=start)
+    finally:
+        folder.release()
+
+
+def _run_detect(settings: BackdoorRunSettings, sd: SDSettings, folder: RunFolder, *, resume: bool, overwrite: bool,
+                start: float) -> RunResult:
     from advml.backdoor.defenses import distinguish, untrusted_view
 
-    out = prepare_out(out, resume=resume, overwrite=overwrite)
-    start = time.perf_counter()
-    data, attack, poisoned, _ = _setup(settings, out, resume)
+    out = folder.path
+    data, attack, poisoned, _ = _setup(settings, folder, resume=resume, overwrite=overwrite, start=start, sd=sd)
     write_text_atomic(out / "sd.yaml", dump_yaml(sd.model_dump(mode="json")))
     torch.manual_seed(settings.seed + 1)
     model = _model_factory(settings, data, init=False)(sd.model)
@@ -268,6 +323,6 @@ def run_detect(settings: BackdoorRunSettings, sd: SDSettings, out: str | Path, *
                         resume=resume)
     metrics = {**_split_outputs(out, split, poisoned, attack.name), "poison_count": int(poisoned.poison_flags.sum()),
                "train_size": len(poisoned)}
-    write_json(out / "timing.json", {"seconds": time.perf_counter() - start})
+    write_json(out / "timing.json", {"seconds": folder.scope.seconds()})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)

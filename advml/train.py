@@ -21,10 +21,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from advml import provenance
 from advml.config import Settings
 from advml.data.base import ImageDataset, TensorImageDataset, as_image_dataset
-from advml.errors import ConfigError, NumericalError
+from advml.errors import ConfigError, DataError, NumericalError
 from advml.metrics import accuracy
+from advml.utils.checks import check_state
 from advml.utils.io import load_json, load_tensors, save_tensors, write_json
 from advml.utils.precision import AmpSetting, at_least_float32, autocast, parse_amp, resolve_precision, set_precision
 from advml.utils.runtime import resolve_device
@@ -249,8 +251,7 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _config_key(self) -> str:
-        ignore = {"progress", "device", "num_workers", "eval_batch_size", "compile"}
-        return json.dumps({k: v for k, v in self.config.model_dump().items() if k not in ignore}, sort_keys=True)
+        return json.dumps(provenance.train_key(self.config.model_dump()), sort_keys=True)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write model, optimizer, RNG and progress to one safetensors file, atomically."""
@@ -268,40 +269,91 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"epoch": str(self.epoch), "step": str(self.step), "history": json.dumps(self.history),
                 "config": self._config_key(), "seed": str(self.seed), "param_groups": json.dumps(opt["param_groups"]),
-                "optim_scalars": json.dumps(scalars)}
+                "optim_scalars": json.dumps(scalars), **provenance.stamp(path)}  # the run's fingerprint
         save_tensors(path, tensors, meta)
         # wall-clock figures beside the checkpoint, not in it: a checkpoint's content is a function of the seed
         write_json(Path(path).with_suffix(".timing.json"), self.timing)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Restore everything `save_checkpoint` wrote; the training settings must be the same."""
+        """Restore everything `save_checkpoint` wrote; the training settings must be the same, and every tensor and
+        record is checked (keys, shapes, finite values, RNG states, history) before any of it is loaded."""
         tensors, meta = load_tensors(path)
+        provenance.check(path, meta)  # written by this run (data, attack, model, defense...), or refused
         if meta.get("config") != self._config_key() or meta.get("seed") != str(self.seed):
             raise ConfigError(f"{path}: checkpoint was written with other training settings or seed; "
                               "resume with the same settings or use another output folder")
-        self.model.load_state_dict(model_state(tensors))
+        state, scalars, groups, epoch, history = self._checked(path, tensors, meta)
         slow = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("slow.")}
+        if slow:  # lookahead's slow weights: the model's floating-point entries
+            check_state(slow, {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}, str(path))
+        self.model.load_state_dict(model_state(tensors))
         self.slow = slow or None
-        state: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, key = k.split(".", 2)
-                state.setdefault(int(pid), {})[key] = v.to(self.device)
-        for k, v in json.loads(meta["optim_scalars"]).items():
+        for k, v in scalars.items():
             pid, key = k.split(".", 1)
             state.setdefault(int(pid), {})[key] = v
-        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         self.generator.set_state(tensors["rng.data"])
         torch.set_rng_state(tensors["rng.torch"])
-        self.epoch = int(meta["epoch"])
-        self.step = int(meta.get("step", 0))
-        self.history = json.loads(meta["history"])
+        self.epoch, self.history = epoch, history
+        try:
+            self.step = int(meta.get("step", "0"))
+        except ValueError:
+            raise DataError(f"{path}: damaged checkpoint, unreadable step count") from None
         timing = Path(path).with_suffix(".timing.json")
         if timing.is_file():  # the time spent before the interruption: timings sum over resumes
             saved = load_json(timing)
             if isinstance(saved, dict):
                 self.timing.update({k: v for k, v in saved.items() if k in self.timing
                                     and (v is None or isinstance(v, (int, float)))})
+
+    def _checked(self, path: str | os.PathLike[str], tensors: dict[str, Tensor],
+                 meta: Mapping[str, str]) -> tuple[dict[int, dict[str, Any]], dict[str, Any], list, int, list]:
+        """The optimiser state, scalars, param groups, epoch and history of a checkpoint, each checked."""
+        check_state(model_state(tensors), self.model.state_dict(), str(path))
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                i = int(pid) if pid.isdigit() else -1
+                expected = () if key == "step" else tuple(params[i].shape) if 0 <= i < len(params) else None
+                if expected is None or tuple(v.shape) != expected or (v.is_floating_point() and
+                                                                      not bool(torch.isfinite(v).all())):
+                    raise DataError(f"{path}: damaged checkpoint, optimiser state {k!r} does not fit the model")
+                state.setdefault(i, {})[key] = v.to(self.device)
+        for name, live in (("rng.data", self.generator.get_state()), ("rng.torch", torch.get_rng_state())):
+            t = tensors.get(name)
+            if t is None or t.dtype != live.dtype or t.shape != live.shape:
+                raise DataError(f"{path}: damaged checkpoint, {name} is not a random generator state")
+        try:
+            epoch, history = int(meta["epoch"]), json.loads(meta["history"])
+            scalars, groups = json.loads(meta["optim_scalars"]), json.loads(meta["param_groups"])
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{path}: damaged checkpoint, unreadable progress record ({e})") from None
+        ok = (0 <= epoch <= self.config.epochs and isinstance(history, list) and len(history) == epoch
+              and all(isinstance(r, dict) for r in history) and isinstance(scalars, dict)
+              and all(isinstance(k, str) and k.split(".", 1)[0].isdigit() for k in scalars)
+              and isinstance(groups, list) and len(groups) == len(self.optimizer.param_groups)
+              and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                      and len(g["params"]) == len(own["params"])
+                      for g, own in zip(groups, self.optimizer.param_groups)))
+        if not ok:
+            raise DataError(f"{path}: damaged checkpoint, its epoch ({meta.get('epoch')}), history or optimiser "
+                            "groups do not fit this training")
+        return state, scalars, groups, epoch, history
+
+    def _load_best(self, path: Path) -> tuple[float, dict[str, Tensor]]:
+        """The best epoch's weights and score saved by `fit(select=...)`, checked like a checkpoint."""
+        tensors, meta = load_tensors(path)
+        provenance.check(path, meta)
+        check_state(tensors, self.model.state_dict(), str(path))
+        try:
+            score = float(meta["score"])
+        except (KeyError, ValueError):
+            raise DataError(f"{path}: damaged checkpoint, no selection score") from None
+        if not math.isfinite(score):
+            raise DataError(f"{path}: damaged checkpoint, selection score {score}")
+        return score, tensors
 
     # --- data -----------------------------------------------------------------------------------------
     def resident(self, data: ImageDataset) -> ImageDataset:
@@ -430,8 +482,7 @@ class Trainer:
         if resume and ckpt is not None and ckpt.is_file():
             self.load_checkpoint(ckpt)
             if select is not None and best_path is not None and best_path.is_file():
-                tensors, meta = load_tensors(best_path)
-                best = (float(meta["score"]), tensors)
+                best = self._load_best(best_path)
         last = min(self.config.epochs, stop_after) if stop_after is not None else self.config.epochs
         if self.epoch < last:
             phases = [(self.resident(d), fn) for d, fn in phases]
@@ -458,7 +509,8 @@ class Trainer:
                 if best is None or score > best[0]:
                     best = (score, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
                     if best_path is not None and self.rank == 0:
-                        save_tensors(best_path, best[1], {"score": repr(score), "epoch": str(self.epoch + 1)})
+                        save_tensors(best_path, best[1], {"score": repr(score), "epoch": str(self.epoch + 1),
+                                                          **provenance.stamp(best_path)})
             self.epoch += 1
             self.history.append(record)
             epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items()

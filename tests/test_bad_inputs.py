@@ -8,8 +8,11 @@ load). `python tests/test_bad_inputs.py` prints the table of inputs and messages
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 import re
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +205,12 @@ CASES = [
          "is an existing file, not a folder"),
     Case("out-holds-a-run", "--out a finished run, no --resume", ["backdoor", "--out", "{f}/a_run"], ConfigError,
          "pass --resume to continue that run"),
+    Case("resume-not-a-run", "--resume into a folder of user files (temp-like names too)",
+         B("--out", "{f}/user_folder", "--resume"), ConfigError, "holds files but no advml run"),
+    Case("overwrite-not-a-run", "--overwrite into a folder of user files",
+         B("--out", "{f}/user_folder", "--overwrite"), ConfigError, "holds files but no advml run"),
+    Case("transfer-overwrite-not-a-run", "transfer --overwrite into a folder of user files",
+         T("--out", "{f}/user_folder", "--overwrite"), ConfigError, "holds files but no advml run"),
     # --- datasets: empty, missing classes, shapes, dtypes, values, files ---
     Case("train-size-too-large", "--train-size 99 (40 images)", B("--dataset", "npz:{tiny}", "--train-size", "99"),
          ConfigError, "subset of 99 images requested but the data has only 40"),
@@ -275,6 +284,47 @@ CASES = [
          InputError, "labels must lie in [0, 10), got [0, 12]"),
     Case("evasion-label-count", "attack(2 images, 3 labels)", _attack_call(torch.tensor([0, 1, 2])), InputError,
          "need one integer label per image"),
+    # --- shapes found before any training, seeds, figure and table outputs, encodings ---
+    Case("images-not-square", "npz with 32x24 images", B("--dataset", "npz:{f}/nonsquare.npz"), DataError,
+         "images are 24x32 (width x height); advml's models take square images"),
+    Case("test-size-differs", "npz with 16x16 test images, 32x32 train", B("--dataset", "npz:{f}/test16.npz"),
+         DataError, "test images are (3, 16, 16) but training images (3, 32, 32)"),
+    Case("seed-beyond-64-bits", "--seed 2**70", B("--seed", str(2**70)), ConfigError,
+         "seed: Input should be less than or equal to 9223372036854710272"),
+    Case("seed-negative", "--seed -1", B("--seed", "-1"), ConfigError,
+         "seed: Input should be greater than or equal to 0"),
+    Case("transfer-seed-beyond-64-bits", "transfer --seed 2**64", T("--seed", str(2**64)), ConfigError,
+         "seed: Input should be less than or equal to"),
+    Case("zoo-seed-beyond-64-bits", "transfer --set zoo.seed=2**70", T("--set", f"zoo.seed={2**70}"), ConfigError,
+         "zoo.seed: Input should be less than or equal to"),
+    Case("triggers-out-extension", "triggers --out fig.txt",
+         ["triggers", "--attack", "badnets", "--dataset", "npz:{tiny}", "--out", "{f}/fig.txt"], ConfigError,
+         "fig.txt: a figure file must end in .png, .pdf, .svg"),
+    Case("triggers-n-negative", "triggers --n -3",
+         ["triggers", "--attack", "badnets", "--dataset", "npz:{tiny}", "--n", "-3", "--out", "{f}/fig.png"],
+         ConfigError, "--n must be between 1 and 64 images, got -3"),
+    Case("triggers-n-beyond-test", "triggers --n 30 (20 test images)",
+         ["triggers", "--attack", "badnets", "--dataset", "npz:{tiny}", "--n", "30", "--out", "{f}/fig.png"],
+         ConfigError, "--n 30: the test split has only 20 images"),
+    Case("triggers-seed-beyond-64-bits", "triggers --seed 2**70",
+         ["triggers", "--attack", "badnets", "--dataset", "npz:{tiny}", "--seed", str(2**70), "--out",
+          "{f}/fig.png"], ConfigError, "--seed must be an integer in [0, 9223372036854710272]"),
+    Case("stealth-n-negative", "stealth --n -3",
+         ["stealth", "--dataset", "npz:{tiny}", "--n", "-3", "--out", "{f}/st"], ConfigError,
+         "--n must be at least 1 test image, got -3"),
+    Case("stealth-out-is-a-file", "stealth --out an existing file",
+         ["stealth", "--dataset", "npz:{tiny}", "--out", "{f}/a_file"], ConfigError, "is an existing file"),
+    Case("config-not-utf8", "--config in Latin-1", B("--config", "{f}/latin1.yaml"), ConfigError,
+         "latin1.yaml: not UTF-8 text (byte 23); save it as UTF-8"),
+    Case("spec-not-utf8", "bench spec in Latin-1", ["bench", "{f}/latin1.yaml"], ConfigError, "not UTF-8 text"),
+    Case("spec-name-escapes", "bench spec with name ../../x", ["bench", "{f}/escape_spec.yaml"], ConfigError,
+         "escape_spec.yaml.name: a spec name must be a plain file name"),
+    Case("spec-figure-escapes", "bench spec with table.figures [../../../etc/passwd]",
+         ["bench", "{f}/figure_spec.yaml"], ConfigError,
+         "figure_spec.yaml.table.figures: a figure must be a plain file name"),
+    Case("trigger-npz-named-npy", "--set attack.image=t.npy that is an .npz archive",
+         B("--dataset", "npz:{tiny}", "--set", "attack.pattern=file", "--set", "attack.image={f}/archive.npy"),
+         DataError, "archive.npy: an .npz archive, not one .npy array"),
     # --- weights (--init-weights, --surrogate-weights, load_weights) ---
     Case("weights-truncated", "--init-weights truncated .safetensors",
          B("--dataset", "npz:{tiny}", "--init-weights", "{f}/truncated.safetensors"), DataError,
@@ -346,8 +396,21 @@ def files(tmp_path_factory) -> Path:
     (f / "broken.yaml").write_text("a: [1\n")
     (f / "list.yaml").write_text("- 1\n- 2\n")
     (f / "a_file").write_text("keep me\n")
+    _npz(f / "nonsquare.npz", x_train=x[:, :, :24], y_train=y, x_test=x[:20, :, :24], y_test=y[:20])
+    _npz(f / "test16.npz", x_train=x, y_train=y, x_test=x[:20, :16, :16], y_test=y[:20])
+    (f / "latin1.yaml").write_bytes("train:\n  epochs: 1  # réglé\n".encode("latin-1"))
+    spec = "kind: backdoor\ngrid: {attack.name: [badnets]}\npresets: {cpu: {}}\ntable: {rows: [attack.name], " \
+           "values: {asr: ASR}%s}\n"
+    (f / "escape_spec.yaml").write_text("name: ../../x\n" + spec % "")
+    (f / "figure_spec.yaml").write_text("name: t\n" + spec % ", figures: [../../../etc/passwd]")
+    np.savez(f / "archive.npz", x=np.zeros((32, 32, 3), np.uint8))
+    (f / "archive.npz").rename(f / "archive.npy")
     (f / "a_run").mkdir()
     (f / "a_run" / "metrics.json").write_text("{}\n")
+    (f / "a_run" / "config.yaml").write_text("seed: 0\n")
+    (f / "user_folder" / "sub").mkdir(parents=True)
+    for name in (".notes.txt.ab12cd.tmp", "sub/.draft.md.x1y2z3.tmp", "config.yml", "checkpoints.txt"):
+        (f / "user_folder" / name).write_text("mine\n")
     return f
 
 
@@ -517,3 +580,160 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_results(files, tmp_pa
 
 if __name__ == "__main__":
     print(markdown_table())
+
+
+# --- crafted results tables and cell files, full disks, read-only and locked outputs, Ctrl-C ------------------
+
+def _results(folder: Path) -> Path:
+    """A valid results.sqlite of a one-cell bench (as `advml bench` writes it)."""
+    from advml.bench.store import ResultStore
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(folder / "results.sqlite")
+    store.set_meta("spec", {"name": "t", "kind": "transfer", "grid": {"method": ["mi", "mi+rap"]},
+                            "presets": {"cpu": {}}, "table": {"rows": ["method"], "values": {"white_box": "wb"}}})
+    store.set_meta("preset", "cpu")
+    for method, outcomes in (("mi", "0110"), ("mi+rap", "0111")):
+        store.add(f"c-{method}", {"method": method}, {}, {"white_box": 0.5, "outcomes": {"white_box": outcomes},
+                                                          "image_ids": [1, 2, 3, 4]}, 1.0,
+                  {"success.png": b"\x89PNG\r\n\x1a\n"}, "v")
+    store.close()
+    return folder / "results.sqlite"
+
+
+def _sql(*statements: str):
+    def run(db: Path) -> None:
+        con = sqlite3.connect(db)
+        with con:
+            for st in statements:
+                con.execute(st)
+        con.close()
+
+    return run
+
+
+CRAFTED = {
+    "garbage": (lambda db: db.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8), "results.sqlite"),
+    "other-schema": (lambda db: (db.unlink(), _sql("CREATE TABLE cells (id TEXT)")(db)), "no such table: meta"),
+    "other-columns": (_sql("DROP TABLE cells", "CREATE TABLE cells (id TEXT)"), "no such column"),
+    "spec-not-json": (_sql("UPDATE meta SET value = '{' WHERE key = 'spec'"), "meta 'spec' is not JSON"),
+    "spec-invalid": (_sql("""UPDATE meta SET value = '{"name": "t"}' WHERE key = 'spec'"""), "spec.kind: Field required"),
+    "preset-not-text": (_sql("UPDATE meta SET value = '[1]' WHERE key = 'preset'"), "spec or preset is not one"),
+    "preset-unknown": (_sql("""UPDATE meta SET value = '"gpu"' WHERE key = 'preset'"""), "has no preset 'gpu'"),
+    "params-not-mapping": (_sql("UPDATE cells SET params = '[1]'"), "a field of the wrong type"),
+    "params-unhashable": (_sql("""UPDATE cells SET params = '{"method": [1]}'"""), "a field of the wrong type"),
+    "metrics-not-json": (_sql("UPDATE cells SET metrics = 'nan{'"), "metrics is not JSON"),
+    "seconds-text": (_sql("UPDATE cells SET seconds = 'soon'"), "a field of the wrong type"),
+    "version-blob": (_sql("UPDATE cells SET code_version = x'00ff'"), "a field of the wrong type"),
+    "figure-text": (_sql("UPDATE figures SET png = 'not bytes'"), "is not PNG bytes"),
+}
+
+
+@pytest.mark.parametrize("name", list(CRAFTED))
+def test_a_crafted_results_table_fails_report_cleanly(tmp_path, name):
+    db = _results(tmp_path / "bench")
+    craft, fragment = CRAFTED[name]
+    craft(db)
+    r = runner.invoke(advml.cli.app, ["report", str(tmp_path / "bench")])
+    assert r.exit_code == 2 and r.output.startswith("advml: error: ") and r.output.count("\n") == 1, r.output
+    assert fragment in r.output, r.output
+    assert not (tmp_path / "bench" / "report.md").exists()
+
+
+def test_crafted_outcomes_are_left_out_of_the_paired_table_not_a_crash(tmp_path):
+    db = _results(tmp_path / "bench")
+    r = runner.invoke(advml.cli.app, ["report", str(tmp_path / "bench")])
+    assert r.exit_code == 0 and "paired differences" in r.output, r.output
+    _sql("""UPDATE cells SET metrics = '{"white_box": 1, "outcomes": {"white_box": "01x"}, "image_ids": [1]}'""")(db)
+    r = runner.invoke(advml.cli.app, ["report", str(tmp_path / "bench")])
+    assert r.exit_code == 0 and "paired differences" not in r.output, r.output
+
+
+@pytest.mark.parametrize("metrics, timing, fragment", [
+    ("[1, 2]", None, "metrics.json or timing.json is not what a run writes"),
+    ('{"clean_acc": 0.5', None, "metrics.json: not a readable JSON file"),
+    ('{"clean_acc": 0.5}', '{"seconds": "long"}', "metrics.json or timing.json is not what a run writes"),
+    ('{"clean_acc": 0.5}', "\xff", "timing.json: not a readable JSON file"),
+])
+def test_a_crafted_cell_file_is_refused_when_recorded(tmp_path, metrics, timing, fragment):
+    from advml.bench.runner import _record
+    from advml.bench.spec import Cell
+    from advml.bench.store import ResultStore
+
+    cell = tmp_path / "cells" / "c"
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text(metrics)
+    if timing is not None:
+        (cell / "timing.json").write_bytes(timing.encode("latin-1"))
+    store = ResultStore(tmp_path / "results.sqlite")
+    try:
+        with pytest.raises(DataError, match=re.escape(fragment)):
+            _record(store, Cell({"a": 1}), cell, [], "v")
+        assert store.ids() == set()
+    finally:
+        store.close()
+
+
+def test_a_results_table_locked_mid_bench_is_one_line_not_a_hang(tmp_path, monkeypatch):
+    from advml.bench import store as store_module
+    from advml.errors import OutputError
+
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT", 0.2)
+    db = _results(tmp_path / "bench")
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        store = store_module.ResultStore(db, create=False)
+        with pytest.raises(OutputError, match="cannot write the results table .*another process holds it locked"):
+            store.add("c", {}, {}, {}, 1.0, {}, "v")
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+@pytest.mark.parametrize("where, err, fragment", [
+    ("advml.utils.io.os.fsync", errno.ENOSPC, "cannot write (No space left on device)"),
+    ("advml.utils.rundir.os.open", errno.EROFS, "cannot write there (Read-only file system)"),
+    ("advml.utils.io.tempfile.mkstemp", errno.EACCES, "cannot write (Permission denied)"),
+])
+def test_a_full_disk_or_read_only_out_is_one_line(files, tmp_path, monkeypatch, where, err, fragment):
+    import advml.run  # noqa: F401  (imported before the patch: it only breaks writes)
+
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(where, fail)
+    r = runner.invoke(advml.cli.app, ["backdoor", "--out", str(tmp_path / "run"), *FAST, "--dataset",
+                                      f"npz:{files / 'tiny.npz'}"])
+    monkeypatch.undo()
+    assert r.exit_code == 2 and r.output.startswith("advml: error: ") and r.output.count("\n") == 1, r.output
+    assert fragment in r.output, r.output
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_ctrl_c_says_how_to_resume_and_the_resumed_run_counts_both_processes(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "advml", "backdoor", "--out", str(out), "--train-size", "200", "--test-size", "50",
+           "--epochs", "40", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "last.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "advml: interrupted; rerun the same command with --resume to continue from the last checkpoint\n"
+    before = json.loads((out / ".advml-run.json").read_text())["seconds"]
+    assert before > 0 and not (out / "metrics.json").exists()
+    r = subprocess.run(cmd[:-3] + ["--epochs", "2", "--no-progress", "--resume"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "train.epochs (40 -> 2)" in r.stderr  # the resume is checked, then:
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "timing.json").read_text())["seconds"] > before

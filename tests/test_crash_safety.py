@@ -239,7 +239,7 @@ def test_a_zoo_entry_cut_before_it_was_complete_is_finished_not_read(tmp_path, m
     data = load_dataset(f"npz:{tmp_path / 'd.npz'}")
     settings = ZooSettings(epochs=1, batch_size=16)
     model, info = zoo_model(data, "cnn_small", settings, progress=False)
-    folder = entry(data.name, "cnn_small", settings)
+    folder = entry(data, "cnn_small", settings)
     ckpt = folder / "checkpoints" / "last.safetensors"
     stamp = ckpt.stat().st_mtime_ns
     (folder / lost).unlink()

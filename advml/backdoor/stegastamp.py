@@ -26,11 +26,11 @@ from pydantic import Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from advml.config import Settings
+from advml.config import Seed, Settings
 from advml.data.base import ImageDataset, as_image_dataset, balanced_indices
 from advml.errors import ConfigError, DataError, InputError, NumericalError
 from advml.train import model_state
-from advml.utils.checks import check_images
+from advml.utils.checks import check_images, check_state
 from advml.utils.io import load_tensors, save_tensors
 from advml.utils.precision import AmpSetting, autocast, resolve_precision
 from advml.utils.runtime import resolve_device
@@ -68,7 +68,7 @@ class StegaStampSettings(Settings):
     cosine_floor: float | None = Field(None, ge=-1, le=1, description="mean cosines below this are penalised too "
                                                                       "(a shared part the model learns); None: off")
     secret_group: int = Field(8, ge=1, description="images per batch that share one random secret")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def _conv(cin: int, cout: int, stride: int = 1, norm: bool = False) -> nn.Sequential:
@@ -319,13 +319,18 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
         if meta.get("key") != key:
             raise ConfigError(f"{ckpt}: checkpoint was written with other StegaStamp settings; resume with the "
                               "same settings or use another folder")
-        model.load_state_dict(model_state(tensors))
-        _restore_optim("adam", opt, tensors, json.loads(meta["adam_scalars"]), json.loads(meta["adam_groups"]), dev)
-        if critic_opt is not None:
-            _restore_optim("rms", critic_opt, tensors, json.loads(meta["rms_scalars"]),
-                           json.loads(meta["rms_groups"]), dev)
-        gen.set_state(tensors["rng.data"])
-        epoch, history = int(meta["epoch"]), json.loads(meta["history"])
+        check_state(model_state(tensors), model.state_dict(), str(ckpt))
+        try:
+            model.load_state_dict(model_state(tensors))
+            _restore_optim("adam", opt, tensors, json.loads(meta["adam_scalars"]), json.loads(meta["adam_groups"]),
+                           dev)
+            if critic_opt is not None:
+                _restore_optim("rms", critic_opt, tensors, json.loads(meta["rms_scalars"]),
+                               json.loads(meta["rms_groups"]), dev)
+            gen.set_state(tensors["rng.data"])
+            epoch, history = int(meta["epoch"]), json.loads(meta["history"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:  # optimiser state, RNG state or history
+            raise DataError(f"{ckpt}: damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     steps_per_epoch = math.ceil(pool.numel() / s.batch_size)
     floor_mse = 10 ** (-s.psnr_floor / 10) if s.psnr_floor is not None else None
     ceiling_mse = 10 ** (-s.psnr_ceiling / 10) if s.psnr_ceiling is not None else None

@@ -132,9 +132,9 @@ class MaskTrigger(Trigger):
 def _image_tensor(path: str | os.PathLike[str]) -> Tensor:
     """An image file (PNG/JPEG) or a .npy array (HWC uint8) as float (C,H,W) in [0,1]."""
     if str(path).endswith(".npy"):
-        from advml.utils.io import load_npz
+        from advml.utils.io import load_array
 
-        arr = load_npz(path)["arr_0"]
+        arr = load_array(path)
     else:
         arr = load_image(path)
     arr = np.asarray(arr)

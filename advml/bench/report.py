@@ -9,6 +9,8 @@ from typing import Any
 
 from advml.bench.spec import BenchSpec, Table
 from advml.bench.store import ResultStore
+from advml.config import validate
+from advml.errors import DataError
 from advml.stats import paired_difference
 from advml.utils.io import write_text_atomic
 
@@ -84,7 +86,7 @@ def paired_table(rows: list[dict[str, Any]],
         method = r["params"].get("method", "")
         base = by_key.get(key(r["params"], method.split("+")[0])) if "+" in method else None
         m = r["metrics"]
-        if base and m.get("outcomes") and base.get("outcomes") and m.get("image_ids") == base.get("image_ids"):
+        if base and _outcomes(m) and _outcomes(base) and m.get("image_ids") == base.get("image_ids"):
             pairs.append((r["params"], base["outcomes"], m["outcomes"]))
     if not pairs:
         return None
@@ -96,13 +98,20 @@ def paired_table(rows: list[dict[str, Any]],
     for params, a, b in pairs:
         line = [" / ".join(f"{v}" for k, v in params.items() if k != "method") + f" / {params['method']}"]
         for name in models:
-            if name in a and name in b:
+            if name in a and name in b and len(a[name]) == len(b[name]):
                 d = paired_difference(a[name], b[name])
                 line.append(f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p_mcnemar']:.3g}")
             else:
                 line.append(ABSENT)
         body.append(line)
     return header, body
+
+
+def _outcomes(metrics: dict[str, Any]) -> bool:
+    """Whether a cell's per-image outcomes are what a transfer run writes: model -> a string of 0s and 1s."""
+    o = metrics.get("outcomes")
+    return isinstance(o, dict) and bool(o) and all(isinstance(v, str) and v and set(v) <= {"0", "1"}
+                                                   for v in o.values())
 
 
 def _markdown(title: str, header: list[str], body: list[list[str]]) -> str:
@@ -122,8 +131,12 @@ def render_report(folder: str | Path) -> tuple[Path, Path]:
     folder = Path(folder)
     store = ResultStore(folder / "results.sqlite", create=False)
     try:
-        spec = BenchSpec.model_validate(store.meta("spec"))
+        spec = validate(BenchSpec, store.meta("spec"), f"{store.path} spec") \
+            if isinstance(store.meta("spec"), dict) else None
         preset = store.meta("preset")
+        if spec is None or not isinstance(preset, str):
+            raise DataError(f"{store.path}: damaged results table (its spec or preset is not one advml wrote)")
+        spec.scale(preset)
         rows = store.rows()
         figures = store.figures()
     finally:

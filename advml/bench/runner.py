@@ -4,7 +4,6 @@ never re-run, an unfinished backdoor cell continues from its checkpoints."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -16,8 +15,10 @@ from tqdm import tqdm
 from advml.bench.spec import BenchSpec, Cell, Scale
 from advml.bench.store import ResultStore, code_version
 from advml.config import dump_yaml, load_yaml, validate
-from advml.errors import ConfigError
-from advml.utils.io import write_text_atomic
+from advml.errors import ConfigError, DataError
+from advml.provenance import differences
+from advml.utils.io import load_json, write_text_atomic
+from advml.utils.rundir import RunFolder
 
 def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
     """A cell's complete, validated run settings (so a bad grid fails before any work starts)."""
@@ -72,30 +73,34 @@ def _check_same(kind: str, folder: Path, settings: dict[str, Any], cell_id: str)
         before = validate(Model, load_yaml(config)).model_dump(mode="json")
     except ConfigError:
         before = load_yaml(config)
-    if _without_progress(before) != _without_progress(settings):
+    diff = differences(_without_progress(before), _without_progress(settings))
+    if diff:
         raise ConfigError(f"cell {cell_id} in {folder.parent.parent} finished with other settings than the spec "
-                          f"now gives; delete {folder} to rerun it, or use a new --out")
-
-
-def _clear_partial(folder: Path) -> None:
-    """Remove temp files a killed run left behind (atomic writes never expose them; they are only litter)."""
-    for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
-        tmp.unlink()
+                          f"now gives ({', '.join(diff[:4])}); delete {folder} to rerun it, or use a new --out")
 
 
 def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], version: str) -> None:
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = load_json(folder / "metrics.json")
     config = load_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
-    timing = folder / "timing.json"
-    seconds = json.loads(timing.read_text()).get("seconds") if timing.is_file() else metrics.get("seconds")
-    pngs = {name: (folder / name).read_bytes() for name in figures if (folder / name).is_file()}
+    timing = load_json(folder / "timing.json") if (folder / "timing.json").is_file() else {}
+    seconds = timing.get("seconds") if isinstance(timing, dict) else None
+    if not isinstance(metrics, dict) or not (seconds is None or isinstance(seconds, (int, float))):
+        raise DataError(f"{folder}: metrics.json or timing.json is not what a run writes; delete {folder} to rerun "
+                        "that cell")
+    pngs = {}
+    for name in figures:  # plain names (the spec checks them), regular files of the cell folder, PNGs only
+        path = folder / name
+        if path.is_file() and not path.is_symlink() and path.resolve().parent == folder.resolve():
+            data = path.read_bytes()
+            if data.startswith(b"\x89PNG\r\n\x1a\n"):
+                pngs[name] = data
     store.add(cell.id, cell.params, config, metrics, seconds, pngs, version)
 
 
 def _local(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callable[[Cell, Path], None],
            progress: bool) -> None:
-    for cell, settings, folder in tqdm(jobs, desc="cells", disable=not progress):
-        _clear_partial(folder)
+    for cell, settings, folder in tqdm(jobs, desc="cells", disable=not progress):  # a cut cell's run clears the
+        # temp files its killed writers left (advml's own names, in the folder advml made), then resumes
         run_cell(kind, settings, str(folder))
         done(cell, folder)
 
@@ -112,8 +117,6 @@ def _ray(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callabl
             p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)}}
         ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=progress,
                  **({"num_cpus": os.cpu_count()} if address is None else {}))
-    for _, _, folder in jobs:
-        _clear_partial(folder)
     task = ray.remote(run_cell).options(num_cpus=scale.cpus, num_gpus=scale.gpus, max_retries=0)
     pending = {task.remote(kind, s, str(f), max(1, int(scale.cpus))): (c, f) for c, s, f in jobs}
     bar = tqdm(total=len(pending), desc="cells (ray)", disable=not progress)
@@ -141,8 +144,6 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
 
     `ray`: 'off' runs cells one after the other in this process; 'local' starts a local Ray instance; any
     other value is the address of a running Ray cluster."""
-    from advml.bench.report import render_report
-
     scale = spec.scale(preset)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -154,7 +155,19 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
             raise ConfigError(f"no cells {sorted(unknown)} in {spec.name}")
         cells = [c for c in cells if c.id in only]
     settings = {c.id: cell_settings(spec, preset, c) for c in cells}  # validate everything first
-    out.mkdir(parents=True, exist_ok=True)
+    lock = RunFolder(out, "bench")
+    lock.acquire()  # a second bench into this folder stops here, naming this one
+    try:
+        _run_bench(spec, preset, out, cells, settings, scale, ray, progress)
+    finally:
+        lock.release()
+    return out
+
+
+def _run_bench(spec: BenchSpec, preset: str, out: Path, cells: list[Cell], settings: dict[str, dict[str, Any]],
+               scale: Scale, ray: str | None, progress: bool) -> None:
+    from advml.bench.report import render_report
+
     previous = out / "spec.yaml"
     record = {"spec": spec.model_dump(mode="json"), "preset": preset}
     if previous.is_file() and not _same_bench(load_yaml(previous), spec, preset):
@@ -192,4 +205,3 @@ def run_bench(spec: BenchSpec, preset: str, out: str | Path, *, ray: str | None 
         print(f"{len(jobs)} cell(s) run in {time.perf_counter() - start:.0f} s; "
               f"{len(cells) - len(jobs)} reused", flush=True)
     render_report(out)
-    return out

@@ -15,6 +15,17 @@ from advml.config import Settings, deep_merge, load_yaml, validate
 from advml.errors import ConfigError
 
 
+PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+
+
+def plain_name(name: str, what: str) -> str:
+    """`name` if it is a plain file name (letters, digits, . _ + -; no folders, no '..'), else a ConfigError."""
+    if not PLAIN.match(name) or ".." in name:
+        raise ConfigError(f"{what} must be a plain file name (letters, digits, '.', '_', '+', '-'; no folders, no "
+                          f"'..'), got {name!r}")
+    return name
+
+
 class Table(Settings):
     """How cells become a table: row and column keys (grid keys) and the metrics shown in each cell."""
 
@@ -22,7 +33,15 @@ class Table(Settings):
     columns: list[str] = Field(default_factory=list)
     values: dict[str, str] = Field(description="metric path -> column label; a path ending in '.*' expands to "
                                                "every key of that metric mapping")
-    figures: list[str] = Field(default_factory=list, description="PNG files of a cell folder to show")
+    figures: list[str] = Field(default_factory=list, description="PNG files of a cell folder to show (plain file "
+                                                                  "names: no folders, no '..')")
+
+    @field_validator("figures")
+    @classmethod
+    def _plain_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            plain_name(name, "a figure")
+        return v
 
 
 class Scale(Settings):
@@ -51,6 +70,18 @@ class BenchSpec(Settings):
                                                        "other than its surrogate")
     presets: dict[str, Scale]
     table: Table
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return plain_name(v, "a spec name")  # it names the bench folder runs/bench/<name>-<preset>
+
+    @field_validator("presets")
+    @classmethod
+    def _presets(cls, v: dict[str, Scale]) -> dict[str, Scale]:
+        for name in v:
+            plain_name(name, "a preset name")
+        return v
 
     @field_validator("grid")
     @classmethod

@@ -4,15 +4,19 @@ version) plus the cells' figures, so that a report can be rendered from it alone
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from advml.errors import DataError
+from advml.errors import DataError, OutputError
 
+LOCK_TIMEOUT = 30.0  # seconds to wait for another process's lock on the table before giving up
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
@@ -45,10 +49,22 @@ class ResultStore:
         if not create and not self.path.is_file():
             raise DataError(f"{self.path}: no results table (run `advml bench` into that folder first)")
         try:
-            self.db = sqlite3.connect(self.path)
-            self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
+            self.db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT)
+        except sqlite3.Error as e:
             raise DataError(f"{self.path}: not a readable results table ({e})") from None
+        if create:  # a table only read (`advml report`) is never written to
+            with self._guard("write"):
+                self.db.executescript(SCHEMA)
+
+    @contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """sqlite's errors (another schema, a damaged file, a lock held too long, a full disk) as one line."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            hint = "; another process holds it locked" if "locked" in str(e) else ""
+            error = OutputError if doing == "write" else DataError
+            raise error(f"{self.path}: cannot {doing} the results table ({e}){hint}") from None
 
     def close(self) -> None:
         """Close the database."""
@@ -56,21 +72,28 @@ class ResultStore:
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value (the spec, the preset) under `key`."""
-        with self.db:
+        with self._guard("write"), self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def meta(self, key: str) -> Any:
-        """A stored JSON value; DataError when absent."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        """A stored JSON value; DataError when absent or damaged."""
+        with self._guard("read"):
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
             raise DataError(f"{self.path}: no {key!r} recorded")
-        return json.loads(row[0])
+        return self._json(row[0], f"meta {key!r}")
+
+    def _json(self, text: Any, what: str) -> Any:
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError):
+            raise DataError(f"{self.path}: damaged results table ({what} is not JSON)") from None
 
     def add(self, cell_id: str, params: dict[str, Any], config: dict[str, Any], metrics: dict[str, Any],
             seconds: float | None, figures: dict[str, bytes], version: str) -> None:
         """Record one finished cell (replacing an older record of it), in one transaction."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self.db:
+        with self._guard("write"), self.db:
             self.db.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (cell_id, json.dumps(params), json.dumps(config), json.dumps(metrics), seconds,
                              version, stamp))
@@ -80,21 +103,38 @@ class ResultStore:
 
     def ids(self) -> set[str]:
         """The recorded cells."""
-        return {r[0] for r in self.db.execute("SELECT id FROM cells")}
+        with self._guard("read"):
+            return {r[0] for r in self.db.execute("SELECT id FROM cells")}
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every recorded cell as a dict (params, config and metrics decoded)."""
+        """Every recorded cell as a dict (params, config and metrics decoded, each checked)."""
+        with self._guard("read"):
+            found = self.db.execute(
+                "SELECT id, params, config, metrics, seconds, code_version, finished_at FROM cells").fetchall()
         out = []
-        for cid, params, config, metrics, seconds, version, stamp in self.db.execute(
-                "SELECT id, params, config, metrics, seconds, code_version, finished_at FROM cells"):
-            out.append({"id": cid, "params": json.loads(params), "config": json.loads(config),
-                        "metrics": json.loads(metrics), "seconds": seconds, "code_version": version,
-                        "finished_at": stamp})
+        for cid, params, config, metrics, seconds, version, stamp in found:
+            row = {"id": cid, "params": self._json(params, f"cell {cid!r} params"),
+                   "config": self._json(config, f"cell {cid!r} config"),
+                   "metrics": self._json(metrics, f"cell {cid!r} metrics"), "seconds": seconds,
+                   "code_version": version, "finished_at": stamp}
+            scalar = (str, int, float, bool, type(None))
+            ok = (isinstance(cid, str) and isinstance(row["params"], dict)
+                  and all(isinstance(v, scalar) for v in row["params"].values())
+                  and isinstance(row["config"], dict) and isinstance(row["metrics"], dict)
+                  and (seconds is None or (isinstance(seconds, (int, float)) and math.isfinite(seconds)))
+                  and isinstance(version, str) and isinstance(stamp, str))
+            if not ok:
+                raise DataError(f"{self.path}: damaged results table (cell {cid!r}: a field of the wrong type)")
+            out.append(row)
         return out
 
     def figures(self) -> dict[str, dict[str, bytes]]:
         """cell id -> {figure name: PNG bytes}."""
         out: dict[str, dict[str, bytes]] = {}
-        for cid, name, png in self.db.execute("SELECT cell_id, name, png FROM figures ORDER BY cell_id, name"):
-            out.setdefault(cid, {})[name] = bytes(png)
+        with self._guard("read"):
+            found = self.db.execute("SELECT cell_id, name, png FROM figures ORDER BY cell_id, name").fetchall()
+        for cid, name, png in found:
+            if not (isinstance(cid, str) and isinstance(name, str) and isinstance(png, bytes)):
+                raise DataError(f"{self.path}: damaged results table (a figure of cell {cid!r} is not PNG bytes)")
+            out.setdefault(cid, {})[name] = png
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +59,22 @@ class ImageDataset(Dataset):
         parts = [self.get_batch(chunk) for chunk in idx.split(batch_size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+    def fingerprint(self) -> str:
+        """A sha256 of the content (images, labels, class names), computed once per dataset object."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            h = hashlib.sha256(json.dumps([type(self).__name__, self.classes]).encode())
+            self._hash_content(h)
+            cached = self.__dict__["_fingerprint"] = h.hexdigest()
+        return cached
+
+    def _hash_content(self, h: Any) -> None:
+        """Feed the content to the hash: by default every image (as uint8) and label, in batches."""
+        for chunk in torch.arange(len(self)).split(1024):
+            x, y = self.get_batch(chunk)
+            h.update(x.mul(255).round_().to(torch.uint8).numpy().tobytes())
+            h.update(y.to(torch.int64).numpy().tobytes())
+
 
 class TensorImageDataset(ImageDataset):
     """In-memory images stored as uint8 (N,C,H,W) (or float in [0,1]) with integer labels."""
@@ -99,6 +117,11 @@ class TensorImageDataset(ImageDataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         return TensorImageDataset(self.images[idx], self._labels[idx], self.classes)
 
+    def _hash_content(self, h: Any) -> None:  # the stored bytes, hashed once, without a copy
+        h.update(json.dumps([str(self.images.dtype), list(self.images.shape)]).encode())
+        h.update(memoryview(self.images.numpy()).cast("B"))
+        h.update(self._labels.numpy().tobytes())
+
 
 class SubsetDataset(ImageDataset):
     """A view of another ImageDataset at fixed indices."""
@@ -118,6 +141,10 @@ class SubsetDataset(ImageDataset):
 
     def get_batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
         return self.base.get_batch(self.indices[index])
+
+    def _hash_content(self, h: Any) -> None:
+        h.update(self.base.fingerprint().encode())
+        h.update(self.indices.numpy().tobytes())
 
 
 class TorchDatasetAdapter(ImageDataset):

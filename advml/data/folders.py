@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +45,59 @@ class FolderImageDataset(ImageDataset):
         x = torch.stack([_read_resized(self.files[int(i)], self.size) for i in index])
         return x.float().div_(255), self._labels[index]
 
+    def _hash_content(self, h: Any) -> None:
+        """Each file's resolved path, size and modification time (not its bytes: folder sets can be huge)."""
+        for f in self.files:
+            st = os.stat(f)
+            h.update(f"{os.path.realpath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(self._labels.numpy().tobytes() + str(self.size).encode())
+
+
+def scan_image_folder(folder: Path) -> tuple[list[str], list[int], list[str]]:
+    """`folder/<class>/**/<image>` -> (files, labels, classes), in torchvision's ImageFolder order. Each file is
+    taken once (by its real path); a linked folder is entered at most once per class, so link loops end; a file
+    reachable from two classes (through a link) is an error, never a second, wrong label."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    try:
+        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    except OSError as e:
+        raise DataError(f"imagefolder: {folder}: {e.strerror or e}") from None
+    if not classes:
+        raise DataError(f"imagefolder: {folder} holds no class folders")
+    owner: dict[str, str] = {}
+    found: list[tuple[str, str, int]] = []  # (folder as walked, file name, label)
+    for label, cls in enumerate(classes):
+        seen: set[tuple[int, int]] = set()
+        stack, count = [str(folder / cls)], 0
+        while stack:
+            d = stack.pop()
+            try:
+                st = os.stat(d)
+                if (st.st_dev, st.st_ino) in seen:  # a link back to a folder of this class already walked
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                entries = list(os.scandir(d))
+            except OSError as e:
+                raise DataError(f"imagefolder: {d}: {e.strerror or e}") from None
+            for e in entries:
+                if e.is_dir():
+                    stack.append(e.path)
+                elif e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS):
+                    real = os.path.realpath(e.path)
+                    if owner.get(real, cls) != cls:
+                        raise DataError(f"imagefolder: {e.path} is also in class {owner[real]!r} (through a link); "
+                                        "each image must belong to one class")
+                    if real not in owner:
+                        owner[real] = cls
+                        found.append((d, e.name, label))
+                        count += 1
+        if count == 0:
+            raise DataError(f"imagefolder: class folder {folder / cls} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    found.sort()  # as sorted(os.walk(...)) then sorted(file names)
+    found.sort(key=lambda t: t[2])
+    return [os.path.join(d, n) for d, n, _ in found], [y for _, _, y in found], classes
+
 
 @DATASETS.register("imagefolder", "ImageNet-style imagefolder:<root> with train/<class>/* and val/<class>/*")
 def load_imagefolder(arg: str | None, data_dir: Path | None, *, image_size: int | None = None,
@@ -53,17 +108,13 @@ def load_imagefolder(arg: str | None, data_dir: Path | None, *, image_size: int 
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"imagefolder: {root / split} is not a directory (expected <root>/train and <root>/val)")
-        try:
-            folder = torchvision.datasets.ImageFolder(str(root / split))
-        except (FileNotFoundError, OSError) as e:
-            raise DataError(f"imagefolder: {root / split}: {e}") from None
-        splits.append(folder)
-    train, val = splits
-    if val.classes != train.classes:
+        splits.append(scan_image_folder(root / split))
+    (_, _, train_classes), (_, _, val_classes) = splits
+    if val_classes != train_classes:
         raise DataError(f"imagefolder: train and val of {root} have different class folders")
     size = image_size or 224
-    make = lambda f: FolderImageDataset([p for p, _ in f.samples], [y for _, y in f.samples], f.classes, size)  # noqa: E731
-    return DatasetSplits(f"imagefolder:{root}", make(train), make(val), IMAGENET_MEAN, IMAGENET_STD)
+    train, val = (FolderImageDataset(files, labels, classes, size) for files, labels, classes in splits)
+    return DatasetSplits(f"imagefolder:{root}", train, val, IMAGENET_MEAN, IMAGENET_STD)
 
 
 @DATASETS.register("gtsrb", "GTSRB traffic signs (43 classes), torchvision layout or download; resized to 32x32")

@@ -8,7 +8,7 @@ import numpy as np
 
 from advml.data.base import TensorImageDataset
 from advml.errors import DataError
-from advml.utils.io import decode_image, load_bytes, load_npz
+from advml.utils.io import MAX_ARRAY_BYTES, decode_image, load_bytes, load_npz
 
 
 def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray, source: str = "") -> np.ndarray:
@@ -23,6 +23,10 @@ def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray, source: str = "") ->
     for i in range(len(offsets) - 1):  # decoding is per file by nature; runs once at load time
         im = decode_image(blob[offsets[i]:offsets[i + 1]].tobytes(), f"{source}: image {i}")
         if out is None:
+            total = (len(offsets) - 1) * im.size
+            if total > MAX_ARRAY_BYTES:  # bounded before the images are allocated
+                raise DataError(f"{source}: {len(offsets) - 1} images of {im.shape} would take "
+                                f"{total / 2**30:.1f} GiB decoded (more than ADVML_MAX_ARRAY_BYTES)")
             out = np.empty((len(offsets) - 1, *im.shape), dtype=np.uint8)
         if im.shape != out.shape[1:]:
             raise DataError(f"{source}: image {i} has shape {im.shape}, expected {out.shape[1:]}")
@@ -30,10 +34,15 @@ def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray, source: str = "") ->
     return out if out is not None else np.empty((0, 32, 32, 3), dtype=np.uint8)
 
 
-def _classes(arrays: dict[str, np.ndarray], labels: list[np.ndarray]) -> list[str]:
+def _classes(path: Path, arrays: dict[str, np.ndarray], labels: list[np.ndarray]) -> list[str]:
     if "classes" in arrays:
+        if arrays["classes"].ndim != 1:
+            raise DataError(f"{path}: classes must be a vector of names, got shape {arrays['classes'].shape}")
         return [str(c) for c in arrays["classes"].tolist()]
     k = max(int(y.max()) + 1 for y in labels if y.size)
+    if k > len(labels[0]):  # bounded before a name is made per class: every class needs a training image
+        raise DataError(f"{path}: labels go up to {k - 1} but there are only {len(labels[0])} training images "
+                        "(every class needs one); give a `classes` array or fix the labels")
     return [str(c) for c in range(k)]
 
 
@@ -50,7 +59,7 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, split: str) -> None:
 
 def read_xy_npz(path: Path) -> tuple[TensorImageDataset, TensorImageDataset]:
     """The generic layout: x_train (N,H,W,C) uint8, y_train, x_test, y_test, optional classes."""
-    arrays = load_npz(path)
+    arrays = load_npz(path, ["x_train", "y_train", "x_test", "y_test", "classes"])
     missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
     if missing:
         raise DataError(f"{path}: missing arrays {sorted(missing)} (has {sorted(arrays)})")
@@ -58,7 +67,7 @@ def read_xy_npz(path: Path) -> tuple[TensorImageDataset, TensorImageDataset]:
         _check_xy(path, arrays[f"x_{split}"], arrays[f"y_{split}"], split)
         if arrays[f"y_{split}"].min() < 0:
             raise DataError(f"{path}: y_{split} holds negative labels")
-    classes = _classes(arrays, [arrays["y_train"], arrays["y_test"]])
+    classes = _classes(path, arrays, [arrays["y_train"], arrays["y_test"]])
     return tuple(  # type: ignore[return-value]
         TensorImageDataset(arrays[f"x_{s}"], arrays[f"y_{s}"].astype(np.int64), classes, channels_last=True)
         for s in ("train", "test"))
@@ -66,7 +75,7 @@ def read_xy_npz(path: Path) -> tuple[TensorImageDataset, TensorImageDataset]:
 
 def read_jpeg_npz(path: Path) -> tuple[TensorImageDataset, TensorImageDataset]:
     """The JPEG layout: jpeg_<split> bytes + offsets_<split> + y_<split>, optional classes."""
-    arrays = load_npz(path)
+    arrays = load_npz(path, [f"{k}_{s}" for s in ("train", "test") for k in ("jpeg", "offsets", "y")] + ["classes"])
     out = []
     for split in ("train", "test"):
         keys = {f"jpeg_{split}", f"offsets_{split}", f"y_{split}"}
@@ -77,7 +86,7 @@ def read_jpeg_npz(path: Path) -> tuple[TensorImageDataset, TensorImageDataset]:
         if arrays[f"y_{split}"].min() < 0:
             raise DataError(f"{path}: y_{split} holds negative labels")
         out.append((x, arrays[f"y_{split}"].astype(np.int64)))
-    classes = _classes(arrays, [y for _, y in out])
+    classes = _classes(path, arrays, [y for _, y in out])
     return tuple(TensorImageDataset(x, y, classes, channels_last=True) for x, y in out)  # type: ignore[return-value]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,12 @@ class DatasetSplits:
     test: ImageDataset
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    source: str = ""  # the resolved path of the files read ("" for the bundled sample)
+
+    def fingerprint(self) -> str:
+        """A sha256 of what a model trained on these splits depends on: source, statistics, train and test content."""
+        return hashlib.sha256(json.dumps([self.source, list(self.mean), list(self.std), self.train.fingerprint(),
+                                          self.test.fingerprint()]).encode()).hexdigest()
 
     @property
     def classes(self) -> list[str]:
@@ -86,6 +94,8 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, t
         raise ConfigError(f"dataset {name!r} takes no ':' argument (got {spec!r})")
     splits = loader(arg, default_data_dir(data_dir), image_size=image_size, download=download,
                     train_size=train_size)
+    if arg:  # the zoo and run fingerprints name the file read, not the path as typed
+        splits.source = str(Path(arg).expanduser().resolve())
     gen = torch.Generator().manual_seed(seed)
     for split, size in (("train", train_size), ("test", test_size)):
         ds: ImageDataset = getattr(splits, split)
@@ -93,6 +103,12 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, t
             setattr(splits, split, ds.subset(balanced_indices(ds.labels, size, ds.num_classes, gen)))
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise ConfigError(f"dataset {spec!r} has an empty split")
+    (c, h, w), test_shape = splits.train.image_shape, splits.test.image_shape
+    if h != w:  # found here, not as a shape error inside a model after an epoch
+        raise DataError(f"dataset {spec!r}: images are {w}x{h} (width x height); advml's models take square images")
+    if test_shape != (c, h, w):
+        raise DataError(f"dataset {spec!r}: test images are {tuple(test_shape)} but training images {(c, h, w)} "
+                        "(channels, height, width); both splits must have one shape")
     if name != "nips17":  # NIPS'17 is an evaluation set of 1,000 ImageNet classes, not a training set
         counts = torch.bincount(splits.train.labels, minlength=splits.num_classes)
         if bool((counts == 0).any()):

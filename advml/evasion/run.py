@@ -11,7 +11,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from advml.config import Settings, dump_yaml
+from advml.config import Seed, Settings, dump_yaml
 from advml.data import load_dataset
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
@@ -19,10 +19,12 @@ from advml.evasion.methods import compose, parse
 from advml.evasion.zoo import ZooSettings, zoo_model
 from advml.metrics import predict
 from advml.models import MODELS, build_model, load_weights
-from advml.run import prepare_out
+from advml.provenance import file_sha256
+from advml.run import comparable, prepare_out
 from advml.stats import wilson
 from advml.utils.io import atomic_path, write_json, write_text_atomic
 from advml.utils.precision import AmpSetting, parse_amp, resolve_precision, set_precision
+from advml.utils.rundir import RunFolder
 from advml.utils.runtime import resolve_device, seed_everything
 
 CHECKPOINTS = (10, 100, 200, 300, 400)
@@ -52,7 +54,7 @@ class TransferSettings(Settings):
     amp: AmpSetting = Field(False, description="bf16 autocast + channels_last for the surrogate's and targets' "
                                                "passes: auto, true or false (default: float32, as the papers)")
     progress: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -104,8 +106,16 @@ def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_c
 
 def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Attack the surrogate with `settings.method`; success on every target and white-box."""
-    out = prepare_out(out, resume=False, overwrite=overwrite)
     start = time.perf_counter()
+    folder = prepare_out(out, resume=False, overwrite=overwrite, kind="transfer")
+    try:
+        return _run_transfer(settings, folder, overwrite=overwrite, start=start)
+    finally:
+        folder.release()
+
+
+def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: bool, start: float) -> dict[str, Any]:
+    out = folder.path
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     data = load_dataset(settings.dataset, settings.data_dir, seed=settings.seed)
@@ -166,11 +176,13 @@ def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool
         "denominator": "all n_images evaluation images (each classified correctly by every model before the "
                        "attack); targeted success = predicted as the target class",
     }
-    out.mkdir(parents=True, exist_ok=True)
+    folder.begin({"settings": comparable(settings), "surrogate_weights_sha256": file_sha256(settings.surrogate_weights),
+                  "data": {"source": data.source, "content": data.fingerprint()}}, resume=False, overwrite=overwrite,
+                 start=start)
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
     heatmap(success_at, out / "success.png", f"{settings.method} from {settings.surrogate}")
     precision = resolve_precision(settings.amp, device, surrogate).describe()
-    write_json(out / "timing.json", {"seconds": time.perf_counter() - start, "precision": precision})
+    write_json(out / "timing.json", {"seconds": folder.scope.seconds(), "precision": precision})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
 

@@ -4,15 +4,19 @@ Trainer and cached as safetensors, so that transfer is measured on real models w
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field
 
-from advml.config import Settings
+from advml.config import Seed, Settings
 from advml.data.registry import DatasetSplits
+from advml.errors import DataError
 from advml.metrics import accuracy
 from advml.models import ImageClassifier, build_model, load_weights
+from advml.provenance import RunScope, differences, run_scope
 from advml.train import TrainConfig, Trainer
 from advml.utils.io import load_json, save_tensors, write_json
 
@@ -28,7 +32,7 @@ class ZooSettings(Settings):
     batch_size: int = Field(128, ge=1)
     augment: str = "standard"
     train_size: int | None = Field(None, ge=1, description="None: the whole training set")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def cache_dir() -> Path:
@@ -36,26 +40,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "advml")
 
 
-def entry(dataset: str, arch: str, settings: ZooSettings) -> Path:
-    """The cache folder of one zoo model."""
+def entry(data: DatasetSplits, arch: str, settings: ZooSettings) -> Path:
+    """The cache folder of one zoo model: readable dataset name, architecture and settings, plus a hash of the
+    data's resolved path and content (so two files typed alike, or one file changed, never share an entry)."""
     key = f"e{settings.epochs}-lr{settings.lr}-b{settings.batch_size}-{settings.augment}-n{settings.train_size}" \
           f"-s{settings.seed}"
-    safe = dataset.replace("/", "_").replace(":", "_")
-    return cache_dir() / "zoo" / safe / arch / key
+    readable = data.name.split(":")[0] + (f"_{Path(data.source).name}" if data.source else "")
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", readable)[:80]
+    return cache_dir() / "zoo" / safe / arch / f"{key}-d{data.fingerprint()[:16]}"
+
+
+def _provenance(data: DatasetSplits, arch: str, settings: ZooSettings) -> dict[str, Any]:
+    """What a zoo entry was made from; recorded in its info.json and checked whenever it is read."""
+    return {"arch": arch, "dataset": data.name, "source": data.source, "data_fingerprint": data.fingerprint(),
+            "settings": settings.model_dump(mode="json")}
 
 
 def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = None, *, train: bool = True,
               progress: bool = True) -> tuple[ImageClassifier, dict]:
     """The cached model for (dataset, arch, settings), trained (resumably) on first use; with its info."""
     settings = settings or ZooSettings()
-    folder = entry(data.name, arch, settings)
+    folder = entry(data, arch, settings)
+    made_from = _provenance(data, arch, settings)
     c, h, _ = data.image_shape
     torch.manual_seed(settings.seed)
     model = build_model(arch, data.num_classes, image_size=h, in_channels=c, mean=data.mean, std=data.std)
     if (folder / "model.safetensors").is_file() and (folder / "info.json").is_file():  # model.safetensors: last
-        return load_weights(model, folder / "model.safetensors").eval(), load_json(folder / "info.json")
+        info = load_json(folder / "info.json")
+        recorded = {k: info.get(k) for k in made_from} if isinstance(info, dict) else {}
+        diff = differences(recorded, made_from)
+        if diff:
+            raise DataError(f"zoo entry {folder} was made from other data or settings ({', '.join(diff[:3])}); "
+                            "delete that folder to retrain it")
+        return load_weights(model, folder / "model.safetensors").eval(), info
     if not train:
-        raise FileNotFoundError(f"no zoo model {arch} for {data.name} in {folder}")
+        raise DataError(f"no zoo model {arch} for {data.name} in {folder}")
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
                          augment=settings.augment, progress=progress)
     train_set = data.train
@@ -65,9 +84,10 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
         idx = balanced_indices(train_set.labels, settings.train_size, data.num_classes,
                                torch.Generator().manual_seed(settings.seed))
         train_set = train_set.subset(idx)
-    Trainer(model, config, seed=settings.seed, checkpoint_dir=folder / "checkpoints").fit(train_set, resume=True)
-    info = {"arch": arch, "dataset": data.name, "clean_acc": accuracy(model, data.test),
-            "settings": settings.model_dump()}
+    # the entry's checkpoints carry, and are checked against, what it is made from
+    with run_scope(RunScope(folder, made_from, hint=f"delete {folder} to retrain it")):
+        Trainer(model, config, seed=settings.seed, checkpoint_dir=folder / "checkpoints").fit(train_set, resume=True)
+    info = {**made_from, "clean_acc": accuracy(model, data.test)}
     write_json(folder / "info.json", info)  # the model file is written last: it marks a finished entry
     save_tensors(folder / "model.safetensors", model.state_dict(), {"arch": arch})
     return model.eval(), info

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advml.errors import AdvmlError, InputError
+from collections.abc import Mapping
+
+from advml.errors import AdvmlError, DataError, InputError
 
 
 def check_unit_range(x: Tensor, name: str, error: type[AdvmlError] = InputError) -> Tensor:
@@ -47,3 +49,20 @@ def check_labels(labels: Tensor, num_classes: int, name: str = "labels",
         if lo < 0 or hi >= num_classes:
             raise error(f"{name} must lie in [0, {num_classes}), got [{lo}, {hi}]")
     return labels
+
+
+def check_state(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], source: str) -> None:
+    """Raise DataError (naming `source`) unless `state` holds exactly `expected`'s keys, each of its shape, with
+    finite values: a damaged or foreign checkpoint is refused before any of it is loaded."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    bad = [f"{len(missing)} missing (e.g. {missing[0]!r})" if missing else "",
+           f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})" if unexpected else "",
+           f"{len(shapes)} of another shape (e.g. {shapes[0]!r}: {tuple(state[shapes[0]].shape)}, expected "
+           f"{tuple(expected[shapes[0]].shape)})" if shapes else ""]
+    if any(bad):
+        raise DataError(f"{source}: damaged checkpoint, tensors do not fit: " + "; ".join(b for b in bad if b))
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise DataError(f"{source}: damaged checkpoint, {len(nonfinite)} tensors hold NaN or inf values "
+                        f"(e.g. {nonfinite[0]!r})")

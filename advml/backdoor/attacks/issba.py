@@ -33,7 +33,7 @@ from advml.backdoor.stegastamp import (
 )
 from advml.backdoor.triggers import Trigger
 from advml.data.base import ImageDataset
-from advml.errors import ConfigError, InputError
+from advml.errors import ConfigError, DataError, InputError
 from advml.utils.checks import check_images
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "issba_cifar10_32.safetensors"
@@ -62,17 +62,6 @@ class ISSBASettings(AttackSettings):
                                                          "else encode per batch, lazily")
 
 
-def data_fingerprint(data: ImageDataset) -> str:
-    """A short hash of a dataset: its size, shape, labels and its first and last 16 images (as uint8)."""
-    h = hashlib.sha256(json.dumps([len(data), list(data.image_shape)]).encode())
-    h.update(data.labels.to(torch.int64).numpy().tobytes())
-    n = len(data)
-    idx = torch.unique(torch.cat([torch.arange(min(16, n)), torch.arange(max(0, n - 16), n)]))
-    x, _ = data.get_batch(idx)
-    h.update(x.mul(255).round().to(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def settings_key(settings: StegaStampSettings) -> str:
     """A short hash of encoder-decoder settings (the cache key, with the data fingerprint)."""
     return hashlib.sha256(json.dumps(settings.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
@@ -83,7 +72,7 @@ def cache_entry(settings: StegaStampSettings, data: ImageDataset) -> Path:
     from advml.evasion.zoo import cache_dir
 
     c, h, w = data.image_shape
-    return cache_dir() / "issba" / f"{c}x{h}x{w}" / f"{settings_key(settings)}-{data_fingerprint(data)}"
+    return cache_dir() / "issba" / f"{c}x{h}x{w}" / f"{settings_key(settings)}-{data.fingerprint()[:16]}"
 
 
 def residual_cosine(clean: Tensor, poisoned: Tensor) -> float:
@@ -164,9 +153,13 @@ class ISSBA(BackdoorAttack):
             raise ConfigError(f"{where} takes {model.settings.bits}-bit secrets but the attack's settings say "
                               f"{self.settings.stegastamp.bits} (stegastamp.bits)")
 
-    def _load(self, path: Path, shape: tuple[int, int, int], source: str) -> None:
+    def _load(self, path: Path, shape: tuple[int, int, int], source: str, data: ImageDataset | None = None) -> None:
         model, info = load_stegastamp(path)
         self._check_model(model, f"encoder {path}")
+        if data is not None and (model.settings != self.settings.stegastamp
+                                 or info.get("data_fingerprint") != data.fingerprint()):
+            raise DataError(f"cached encoder {path} was trained with other settings or data than asked for; delete "
+                            f"{path.parent} to retrain it")
         if model.image_shape != shape:
             raise ConfigError(f"encoder {path} is for images of shape {model.image_shape}, the data is {shape}")
         self.model, self.encoder_info = model, {"source": source, "path": str(path), **info}
@@ -206,8 +199,9 @@ class ISSBA(BackdoorAttack):
             model, history = train_stegastamp(train, s.stegastamp, checkpoint_dir=entry / "checkpoints",
                                               resume=True, progress=progress)
             save_stegastamp(path, model, {"history": history, "train_images": len(train),
-                                          "train_seconds": time.perf_counter() - start})
-        self._load(path, tuple(shape), "cache")
+                                          "train_seconds": time.perf_counter() - start,
+                                          "data_fingerprint": train.fingerprint()})
+        self._load(path, tuple(shape), "cache", train)
         return self.model
 
     def prepare(self, train: ImageDataset, seed: int) -> None:

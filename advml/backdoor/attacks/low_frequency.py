@@ -13,7 +13,7 @@ from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
 from advml.backdoor.triggers import AdditiveTrigger, Trigger
 from advml.data.registry import find_file
 from advml.errors import DataError, InputError
-from advml.utils.io import load_npz
+from advml.utils.io import load_npz, npz_keys
 
 PATTERNS = "triggers/backdoorbench/lowFrequency.npz"
 
@@ -32,13 +32,13 @@ class LowFrequencySettings(AttackSettings):
 def load_low_frequency_pattern(path: str, key: str, pattern_range: str = "auto") -> Tensor:
     """A pattern from `path` (npz key, or the one array of a .npy) as float (C,H,W) on the [0,1] image scale."""
     found = find_file(path)
-    arrays = load_npz(found)
+    arrays = load_npz(found, [key, "arr_0"])
     if key in arrays:
         arr = arrays[key]
     elif found.suffix == ".npy":
         arr = arrays["arr_0"]
     else:
-        raise DataError(f"{found}: no pattern {key!r}; available: {', '.join(sorted(arrays))}")
+        raise DataError(f"{found}: no pattern {key!r}; available: {', '.join(sorted(npz_keys(found)))}")
     if arr.ndim == 4 and arr.shape[0] == 1:  # (1,H,W,C): BackdoorBench takes the first
         arr = arr[0]
     if arr.ndim == 2:

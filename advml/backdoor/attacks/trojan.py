@@ -28,7 +28,7 @@ class Trojan(BackdoorAttack):
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         path = find_file(self.settings.trigger_file)
-        arrays = load_npz(path)
+        arrays = load_npz(path, ["x"])
         if "x" not in arrays:
             raise DataError(f"{path}: no array 'x' (the additive trigger)")
         delta = torch.from_numpy(arrays["x"]).float() / 255

@@ -13,6 +13,7 @@ from torch import Tensor
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
 from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.triggers import Trigger
+from advml.config import SEED_MAX
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import ConfigError, InputError
 from advml.utils.checks import check_images
@@ -28,8 +29,8 @@ class WaNetSettings(AttackSettings):
     grid_rescale: float = Field(1.0, gt=0, le=1, description="scales the sampling grid to keep it inside the image")
     cross_ratio: float = Field(2.0, ge=0, description="noise mode: round(cross_ratio * poisoned count) more samples "
                                                       "get the warp plus per-image random noise and keep their labels")
-    warp_seed: int = Field(0, ge=0, description="seed of the warping field (the trigger), independent of the "
-                                                "poisoning seed")
+    warp_seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the warping field (the trigger), "
+                                                           "independent of the poisoning seed")
 
 
 def warp_grid(image_shape: tuple[int, int, int], k: int = 4, s: float = 0.5, grid_rescale: float = 1.0,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
+
+from advml import provenance
 
 
 class ComputeLog:
@@ -18,12 +20,15 @@ class ComputeLog:
 
     @contextmanager
     def stage(self, name: str, *, epochs: int, images: int, forward_images: int | None = None) -> Iterator[None]:
+        """Time the body as stage `name`; within a run, resumed stages add the seconds earlier processes spent."""
         start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, seconds=time.perf_counter() - start, epochs=epochs, images=images,
-                     forward_images=forward_images)
+        scope = provenance.current()
+        with scope.stage(f"defense.{name}") if scope is not None else nullcontext(None) as clock:
+            try:
+                yield
+            finally:
+                seconds = clock() if clock is not None else time.perf_counter() - start
+                self.add(name, seconds=seconds, epochs=epochs, images=images, forward_images=forward_images)
 
     def add(self, name: str, *, seconds: float, epochs: int, images: int, forward_images: int | None = None) -> None:
         """Record a stage timed elsewhere (one interleaved with another, as DBD's per-epoch split)."""
@@ -32,7 +37,7 @@ class ComputeLog:
                              "forward_images": epochs * images if forward_images is None else forward_images}
 
     def report(self) -> dict[str, Any]:
-        """{'stages': {...}, 'seconds', 'epoch_images', 'forward_images': totals} (a stage resumed from its
-        checkpoints counts only the time it took this time)."""
+        """{'stages': {...}, 'seconds', 'epoch_images', 'forward_images': totals} (in a resumed run a stage's
+        seconds are summed over its processes, each counted up to its last checkpoint)."""
         total = {k: sum(s[k] for s in self.stages.values()) for k in ("seconds", "epoch_images", "forward_images")}
         return {"stages": self.stages, **total, "seconds": round(total["seconds"], 3)}
