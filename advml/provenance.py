@@ -20,7 +20,7 @@ from typing import Any
 from advml.errors import ConfigError, DataError
 
 STAMP_KEY = "advml_run"  # the checkpoint metadata entry holding the fingerprint (JSON)
-RUN_INDEPENDENT = frozenset({"progress", "device", "num_workers", "eval_batch_size", "compile"})  # training settings that
+RUN_INDEPENDENT = frozenset({"progress", "device", "num_workers", "eval_batch_size", "compile"})  # settings that
 # change how a run is executed, never its result: they may differ on resume
 
 
