@@ -30,6 +30,20 @@ def _errors(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from advml import __version__
+
+        typer.echo(f"advml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print advml's version and exit")] = False) -> None:
+    """advml: backdoor attacks and defenses, transferable adversarial examples."""
+
+
 def _print_registry(rows: list[tuple[str, str]]) -> None:
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:

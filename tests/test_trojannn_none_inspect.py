@@ -21,7 +21,7 @@ def clean_model(sample):
     return model.eval()
 
 
-def test_trojannn_trigger_excites_the_chosen_neurons(sample, clean_model, triggers_dir):
+def test_trojannn_trigger_excites_the_chosen_neurons(sample, clean_model):
     attack = build_attack("trojannn", iters=100, target=3)
     attack.model = clean_model
     p = attack.poison(sample.train, seed=0)
@@ -59,7 +59,7 @@ def test_no_attack_poisons_nothing(sample):
     assert attack.backdoor_test_set(sample.test) is None
 
 
-def test_trigger_figure_and_stealth_table(sample, tmp_path, triggers_dir):
+def test_trigger_figure_and_stealth_table(sample, tmp_path):
     figures = trigger_figure(build_attack("blend_strip"), sample, tmp_path / "f.png", n=4)
     with Image.open(tmp_path / "f.png") as im:
         assert im.size[0] > im.size[1] > 100

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -55,11 +56,24 @@ def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | N
     return Path(env).expanduser() if env else None
 
 
+def bundled_file(path: str | os.PathLike[str]) -> Path | None:
+    """The resource shipped in the package under this relative path (e.g. 'triggers/d-st/hello_kitty.png'), or None."""
+    p = Path(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return None
+    found = resources.files("advml.backdoor").joinpath("assets", *p.parts)
+    return Path(str(found)) if found.is_file() else None
+
+
 def find_file(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """`path` as given if it exists, else relative to the data folder (e.g. 'triggers/d-st/hello_kitty.png')."""
+    """`path` as given if it exists, else the package's bundled copy (advml/backdoor/assets/<path>), else relative
+    to the data folder: the defaults (e.g. 'triggers/d-st/hello_kitty.png') work without any data folder."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
+    bundled = bundled_file(p)
+    if bundled is not None:
+        return bundled
     root = default_data_dir(data_dir)
     if root is not None and not p.is_absolute() and (root / p).is_file():
         return root / p
