@@ -109,8 +109,10 @@ def backdoor(
     epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="training batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
-    train_size: Annotated[int | None, typer.Option(help="class-balanced train subset size")] = None,
-    test_size: Annotated[int | None, typer.Option(help="class-balanced test subset size")] = None,
+    train_size: Annotated[int | None, typer.Option(help="train subset size (seeded, class-stratified)")] = None,
+    test_size: Annotated[int | None, typer.Option(help="test subset size (seeded, class-stratified)")] = None,
+    subset: Annotated[str | None, typer.Option(help="subset rule: stratified (class proportions, default) or "
+                                                    "balanced (equal per class)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of data order, poisoned indices and init")] = None,
     data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
@@ -127,7 +129,8 @@ def backdoor(
     overrides = _overrides(**{
         "dataset": dataset, "model": model, "attack.name": attack, "attack.target": target, "attack.rate": rate,
         "attack.mode": mode, "defense.name": defense, "train.epochs": epochs, "train.batch_size": batch_size,
-        "train.lr": lr, "train_size": train_size, "test_size": test_size, "seed": seed, "data_dir": data_dir,
+        "train.lr": lr, "train_size": train_size, "test_size": test_size, "subset": subset, "seed": seed,
+        "data_dir": data_dir,
         "train.device": device, "train.progress": None if progress else False, "init_weights": init_weights,
         "sets": sets})
     settings = load_settings(config, overrides, preset=preset)
@@ -227,7 +230,8 @@ def detect(
     model: Annotated[str | None, typer.Option(help="model name")] = None,
     attack: Annotated[str | None, typer.Option(help="attack name")] = None,
     rate: Annotated[float | None, typer.Option(help="poisoning rate in (0, 1]")] = None,
-    train_size: Annotated[int | None, typer.Option(help="class-balanced train subset size")] = None,
+    train_size: Annotated[int | None, typer.Option(help="train subset size (seeded, class-stratified)")] = None,
+    subset: Annotated[str | None, typer.Option(help="subset rule: stratified (default) or balanced")] = None,
     seed: Annotated[int | None, typer.Option(help="seed")] = None,
     data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
@@ -243,7 +247,8 @@ def detect(
 
     overrides = _overrides(**{
         "dataset": dataset, "model": model, "attack.name": attack, "attack.rate": rate, "train_size": train_size,
-        "seed": seed, "data_dir": data_dir, "train.device": device, "train.progress": None if progress else False,
+        "subset": subset, "seed": seed, "data_dir": data_dir, "train.device": device,
+        "train.progress": None if progress else False,
         "sets": sets})
     settings, sd = load_detect_settings(config, overrides, preset=preset)
     result = run_detect(settings, sd, out, resume=resume, overwrite=overwrite)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from advml.data.base import ImageDataset, balanced_indices
+from advml.data.base import ImageDataset, SubsetMode, subset_indices
 from advml.errors import ConfigError, DataError
 from advml.registry import Registry
 
@@ -89,8 +89,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, train_size: int | None = None,
                  test_size: int | None = None, seed: int = 0, image_size: int | None = None,
-                 download: bool = True) -> DatasetSplits:
-    """Load a registered dataset and take seeded, class-balanced subsets of the requested sizes."""
+                 download: bool = True, subset: SubsetMode = "stratified") -> DatasetSplits:
+    """Load a registered dataset and take seeded subsets of the requested sizes: `subset` 'stratified' keeps the
+    class proportions (every class kept), 'balanced' takes equal numbers per class."""
     name, arg = parse_spec(spec)
     loader = DATASETS.get(name)
     needs_arg = name in {"imagefolder", "npz", "nips17"}
@@ -104,7 +105,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, t
     for split, size in (("train", train_size), ("test", test_size)):
         ds: ImageDataset = getattr(splits, split)
         if size is not None and size != len(ds):
-            setattr(splits, split, ds.subset(balanced_indices(ds.labels, size, ds.num_classes, gen)))
+            setattr(splits, split, ds.subset(subset_indices(ds.labels, size, ds.num_classes, gen, subset)))
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise ConfigError(f"dataset {spec!r} has an empty split")
     if name != "nips17":  # NIPS'17 is an evaluation set of 1,000 ImageNet classes, not a training set
