@@ -292,18 +292,22 @@ def stealth(
     data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     n: Annotated[int, typer.Option(help="test images measured")] = 1000,
     train_size: Annotated[int | None, typer.Option(help="train images for attacks that train a clean model")] = None,
-    attacks: Annotated[str | None, typer.Option(help="comma-separated attacks (default: all)")] = None,
+    attacks: Annotated[str | None, typer.Option(help="comma-separated attacks, e.g. badnets,sig (default all)")] = None,
+    skip_model_attacks: Annotated[bool, typer.Option(help="leave out the attacks that train a clean model first "
+                                                          "(clean_label, trojannn)")] = False,
     seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
     sets: Annotated[list[str] | None, typer.Option("--set", help="ATTACK.KEY=VALUE, e.g. trojannn.iters=200")] = None,
 ) -> None:
-    """PSNR, l-inf and SSIM of every registered attack over the same test images, as one table."""
+    """PSNR, l-inf and SSIM of every registered attack over the same test images, as one table. The clean models
+    that clean_label and trojannn need are trained once per dataset and cached like the zoo ($ADVML_CACHE_DIR)."""
     from advml.backdoor.inspect import stealth_table
     from advml.config import parse_assignments
 
     data = _data(dataset, data_dir, train_size, seed)
     n = min(n, len(data.test))
-    stealth_table(data, out, attacks=attacks.split(",") if attacks else None, n=n, seed=seed,
-                  settings=parse_assignments(sets or []))
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
+    stealth_table(data, out, attacks=names, n=n, seed=seed, settings=parse_assignments(sets or []),
+                  skip_model_attacks=skip_model_attacks)
     typer.echo((out / "stealth.md").read_text())
 
 
