@@ -369,11 +369,15 @@ def bench(
 
 @app.command()
 @_errors
-def report(folder: Annotated[Path, typer.Argument(help="a bench folder holding results.sqlite")]) -> None:
+def report(
+    folder: Annotated[Path, typer.Argument(help="a bench folder holding results.sqlite")],
+    spec: Annotated[Path | None, typer.Option(help="a newer edition of the bench's spec (same cells and settings): "
+                                                   "its title and display names are used and recorded")] = None,
+) -> None:
     """Re-render report.md and report.html of a bench from its results table alone."""
-    from advml.bench import render_report
+    from advml.bench import load_spec, render_report
 
-    md, page = render_report(folder)
+    md, page = render_report(folder, load_spec(spec) if spec else None)
     typer.echo(md.read_text())
     typer.echo(f"wrote {page}")
 
