@@ -15,8 +15,15 @@ RESULTS = ROOT / "results"
 
 
 def _folders() -> list[Path]:
-    return sorted(p for p in RESULTS.iterdir() if p.is_dir() and ((p / "README.md").is_file()
-                                                                    or (p / "report.md").is_file()))
+    """The results folders: the seed tables' benches first, then the other measurements."""
+    found = [p for p in RESULTS.iterdir() if p.is_dir() and ((p / "README.md").is_file() or (p / "report.md").is_file())]
+    return sorted(found, key=lambda p: (not p.name.startswith("table"), p.name))
+
+
+def _nav_title(folder: Path) -> str:
+    """A short menu title: the page title without code marks and parenthesised details."""
+    title = re.sub(r"\s*\([^)]*\)", "", _title(folder)).replace("`", "")
+    return title.strip() or folder.name
 
 
 def _split_title(text: str) -> tuple[str | None, str]:
@@ -40,6 +47,11 @@ def _relink(text: str) -> str:
     return re.sub(r"\]\(\.\./([\w.+-]+)/(?:README\.md|report\.md)?\)", page_link, text)
 
 
+def _admonish(text: str) -> str:
+    """A report's '> **Warning:** ...' line becomes a warning box."""
+    return re.sub(r"^> \*\*Warning:\*\* (.*)$", lambda m: "!!! warning\n\n    " + m.group(1), text, flags=re.M)
+
+
 def _title(folder: Path) -> str:
     for name in ("README.md", "report.md"):
         if (folder / name).is_file():
@@ -51,17 +63,18 @@ def _title(folder: Path) -> str:
 
 def page(folder: Path) -> str:
     """The markdown of one reproduction page."""
-    parts = [f"# {_title(folder)}", f"`results/{folder.name}/` — generated from the files of that folder."]
-    if (folder / "README.md").is_file():
-        _, body = _split_title((folder / "README.md").read_text())
-        parts.append(_relink(body))
-    if (folder / "report.md").is_file():
+    parts = ["---\nhide: [toc]\n---",  # wide tables: give them the table of contents' width
+             f"# {_title(folder)}", f"Generated from the files of `results/{folder.name}/`."]
+    if (folder / "report.md").is_file():  # the table first, then the notes on how it was made and what it says
         report_title, body = _split_title((folder / "report.md").read_text())
-        parts.append(f"## The table (`report.md`, rendered from `results.sqlite`)\n\n**{report_title}**\n\n"
-                     + _demote(body))
+        parts.append(f"## The table\n\n**{report_title}** (`report.md`, rendered from `results.sqlite`)\n\n"
+                     + _admonish(_demote(body)))
         files = [f"[report.html]({folder.name}/report.html) (self-contained, figures embedded)"]
         files += [f"`{n}`" for n in ("results.sqlite", "spec.yaml") if (folder / n).is_file()]
         parts.append("Files: " + ", ".join(files) + f". Re-render with `advml report results/{folder.name}`.")
+    if (folder / "README.md").is_file():
+        _, body = _split_title((folder / "README.md").read_text())
+        parts.append(("## Notes\n\n" if (folder / "report.md").is_file() else "") + _demote(_relink(body)))
     return "\n\n".join(parts) + "\n"
 
 
@@ -80,7 +93,7 @@ def on_config(config: Any, **_: Any) -> Any:
     """Put the generated pages into the nav under 'Results'."""
     for i, item in enumerate(config.nav or []):
         if isinstance(item, dict) and "Results" in item:
-            config.nav[i] = {"Results": ["results/index.md", *({_title(f): f"results/{f.name}.md"}
+            config.nav[i] = {"Results": ["results/index.md", *({_nav_title(f): f"results/{f.name}.md"}
                                                                for f in _folders())]}
     return config
 
