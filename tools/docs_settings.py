@@ -14,9 +14,7 @@ def _default(field: Any) -> str:
     value = field.default_factory() if field.default_factory is not None else field.default
     if hasattr(value, "model_dump"):
         value = value.model_dump(mode="json")
-    if isinstance(value, float):
-        value = f"{value:.6g}"
-    text = repr(value) if isinstance(value, str) else str(value)
+    text = f"{value:.6g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
     return "`" + text.replace("|", "\\|") + "`"
 
 
