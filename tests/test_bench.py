@@ -97,6 +97,10 @@ def test_paired_table_matches_rows_to_their_base_method_on_the_same_images():
     assert paired_table([row("mi", {"a": "0", "b": "1"}), row("mi+rap", {"a": "1", "b": "1"})],
                         ["b", "a"])[0][1:] == ["b", "a"]
     assert paired_table([row("mi", {"t": "0"})]) is None
+    spec = load_spec(SEED / "table3_rap.yaml")  # display names, for every paired row
+    two = [row("mi-ti-di", {"t": "01"}, (1, 2)), row("mi-ti-di+rap", {"t": "11"}, (1, 2)),
+           row("mi-ti-di+rap-ls", {"t": "00"}, (1, 2))]
+    assert [r[0] for r in paired_table(two, spec=spec)[1]] == ["s / MI-TI-DI + RAP", "s / MI-TI-DI + RAP-LS"]
 
 
 def test_report_names_come_from_the_registries_and_the_spec_and_mixed_code_is_flagged(tmp_path):

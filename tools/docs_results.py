@@ -16,7 +16,8 @@ RESULTS = ROOT / "results"
 
 def _folders() -> list[Path]:
     """The results folders: the seed tables' benches first, then the other measurements."""
-    found = [p for p in RESULTS.iterdir() if p.is_dir() and ((p / "README.md").is_file() or (p / "report.md").is_file())]
+    found = [p for p in RESULTS.iterdir()
+             if p.is_dir() and ((p / "README.md").is_file() or (p / "report.md").is_file())]
     return sorted(found, key=lambda p: (not p.name.startswith("table"), p.name))
 
 

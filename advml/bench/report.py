@@ -101,10 +101,10 @@ def paired_table(rows: list[dict[str, Any]], order: list[str] | None = None,
     models = sorted(found, key=lambda k: rank.get(k, len(rank)))
     header = ["cell vs its base method"] + [m.replace("white_box", "white-box") for m in models]
     body = []
+    show = spec.label if spec is not None else (lambda k, v: str(v))
     for params, a, b in pairs:
-        name = (lambda k, v: spec.label(k, v)) if spec is not None else (lambda k, v: str(v))  # noqa: E731
-        line = [" / ".join([*(name(k, v) for k, v in params.items() if k != "method"),
-                            name("method", params["method"])])]
+        line = [" / ".join([*(show(k, v) for k, v in params.items() if k != "method"),
+                            show("method", params["method"])])]
         for name in models:
             if name in a and name in b:
                 d = paired_difference(a[name], b[name])
@@ -159,7 +159,8 @@ def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Pa
                 raise ConfigError(f"{folder} holds a bench of other cells or settings than spec {spec.name!r} at "
                                   f"preset {preset!r}; its report keeps the recorded spec")
             store.set_meta("spec", spec.model_dump(mode="json"))
-            write_text_atomic(folder / "spec.yaml", dump_yaml({"spec": spec.model_dump(mode="json"), "preset": preset}))
+            record = {"spec": spec.model_dump(mode="json"), "preset": preset}
+            write_text_atomic(folder / "spec.yaml", dump_yaml(record))
         spec = spec or recorded
     finally:
         store.close()
