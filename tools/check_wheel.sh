@@ -8,7 +8,7 @@ py=${1:-.venv/bin/python}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
-"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$tmp/dist" .
+"$py" -m pip wheel -q --no-deps -w "$tmp/dist" .   # build isolation: the setuptools pyproject.toml asks for
 rm -rf build
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q "$tmp"/dist/advml-*.whl
