@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-advml
 # the real CIFAR-10 files and triggers for tests and benchmarks (tests skip what is absent)
 export ADVML_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench docs docs-serve wheel-check clean
 
 setup: $(STAMP)
 
@@ -28,5 +28,21 @@ bench: setup
 	$(BIN)/python benchmarks/poison_speed.py
 	$(BIN)/python benchmarks/trigger_speed.py
 
+# the documentation site (mkdocs, offline): docs/ + pages generated from results/ -> site/
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# build the wheel, install it into a fresh venv, run `advml --version` and a tiny run there
+wheel-check: setup
+	bash tools/check_wheel.sh $(BIN)/python
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -45,6 +45,20 @@ def _errors(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from advml import __version__
+
+        typer.echo(f"advml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print advml's version and exit")] = False) -> None:
+    """advml: backdoor attacks and defenses, transferable adversarial examples."""
+
+
 def _print_registry(rows: list[tuple[str, str]]) -> None:
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
@@ -110,8 +124,10 @@ def backdoor(
     epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="training batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
-    train_size: Annotated[int | None, typer.Option(help="class-balanced train subset size")] = None,
-    test_size: Annotated[int | None, typer.Option(help="class-balanced test subset size")] = None,
+    train_size: Annotated[int | None, typer.Option(help="train subset size (seeded, class-stratified)")] = None,
+    test_size: Annotated[int | None, typer.Option(help="test subset size (seeded, class-stratified)")] = None,
+    subset: Annotated[str | None, typer.Option(help="subset rule: stratified (class proportions, default) or "
+                                                    "balanced (equal per class)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of data order, poisoned indices and init")] = None,
     data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = None,
@@ -128,7 +144,8 @@ def backdoor(
     overrides = _overrides(**{
         "dataset": dataset, "model": model, "attack.name": attack, "attack.target": target, "attack.rate": rate,
         "attack.mode": mode, "defense.name": defense, "train.epochs": epochs, "train.batch_size": batch_size,
-        "train.lr": lr, "train_size": train_size, "test_size": test_size, "seed": seed, "data_dir": data_dir,
+        "train.lr": lr, "train_size": train_size, "test_size": test_size, "subset": subset, "seed": seed,
+        "data_dir": data_dir,
         "train.device": device, "train.progress": None if progress else False, "init_weights": init_weights,
         "sets": sets})
     settings = load_settings(config, overrides, preset=preset)
@@ -228,7 +245,8 @@ def detect(
     model: Annotated[str | None, typer.Option(help="model name")] = None,
     attack: Annotated[str | None, typer.Option(help="attack name")] = None,
     rate: Annotated[float | None, typer.Option(help="poisoning rate in (0, 1]")] = None,
-    train_size: Annotated[int | None, typer.Option(help="class-balanced train subset size")] = None,
+    train_size: Annotated[int | None, typer.Option(help="train subset size (seeded, class-stratified)")] = None,
+    subset: Annotated[str | None, typer.Option(help="subset rule: stratified (default) or balanced")] = None,
     seed: Annotated[int | None, typer.Option(help="seed")] = None,
     data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
@@ -244,7 +262,8 @@ def detect(
 
     overrides = _overrides(**{
         "dataset": dataset, "model": model, "attack.name": attack, "attack.rate": rate, "train_size": train_size,
-        "seed": seed, "data_dir": data_dir, "train.device": device, "train.progress": None if progress else False,
+        "subset": subset, "seed": seed, "data_dir": data_dir, "train.device": device,
+        "train.progress": None if progress else False,
         "sets": sets})
     settings, sd = load_detect_settings(config, overrides, preset=preset)
     result = run_detect(settings, sd, out, resume=resume, overwrite=overwrite)
@@ -298,11 +317,14 @@ def stealth(
     data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     n: Annotated[int, typer.Option(help="test images measured")] = 1000,
     train_size: Annotated[int | None, typer.Option(help="train images for attacks that train a clean model")] = None,
-    attacks: Annotated[str | None, typer.Option(help="comma-separated attacks (default: all)")] = None,
+    attacks: Annotated[str | None, typer.Option(help="comma-separated attacks, e.g. badnets,sig (default all)")] = None,
+    skip_model_attacks: Annotated[bool, typer.Option(help="leave out the attacks that train a clean model first "
+                                                          "(clean_label, trojannn)")] = False,
     seed: Annotated[int, typer.Option(help="which images, and the seed of attacks that train")] = 0,
     sets: Annotated[list[str] | None, typer.Option("--set", help="ATTACK.KEY=VALUE, e.g. trojannn.iters=200")] = None,
 ) -> None:
-    """PSNR, l-inf and SSIM of every registered attack over the same test images, as one table."""
+    """PSNR, l-inf and SSIM of every registered attack over the same test images, as one table. The clean models
+    that clean_label and trojannn need are trained once per dataset and cached like the zoo ($ADVML_CACHE_DIR)."""
     from advml.backdoor.inspect import stealth_table
     from advml.config import check_seed, parse_assignments
 
@@ -313,8 +335,9 @@ def stealth(
     check_seed(seed)
     data = _data(dataset, data_dir, train_size, seed)
     n = min(n, len(data.test))
-    stealth_table(data, out, attacks=attacks.split(",") if attacks else None, n=n, seed=seed,
-                  settings=parse_assignments(sets or []))
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
+    stealth_table(data, out, attacks=names, n=n, seed=seed, settings=parse_assignments(sets or []),
+                  skip_model_attacks=skip_model_attacks)
     typer.echo((out / "stealth.md").read_text())
 
 
@@ -376,11 +399,15 @@ def bench(
 
 @app.command()
 @_errors
-def report(folder: Annotated[Path, typer.Argument(help="a bench folder holding results.sqlite")]) -> None:
+def report(
+    folder: Annotated[Path, typer.Argument(help="a bench folder holding results.sqlite")],
+    spec: Annotated[Path | None, typer.Option(help="a newer edition of the bench's spec (same cells and settings): "
+                                                   "its title and display names are used and recorded")] = None,
+) -> None:
     """Re-render report.md and report.html of a bench from its results table alone."""
-    from advml.bench import render_report
+    from advml.bench import load_spec, render_report
 
-    md, page = render_report(folder)
+    md, page = render_report(folder, load_spec(spec) if spec else None)
     typer.echo(md.read_text())
     typer.echo(f"wrote {page}")
 

@@ -18,23 +18,31 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._titles: dict[str, str] = {}
 
-    def register(self, name: str, help: str | None = None) -> Callable[[T], T]:
+    def register(self, name: str, help: str | None = None, *, title: str | None = None) -> Callable[[T], T]:
         """Decorator that adds an object under `name`; `help` defaults to its docstring's first line."""
 
         def deco(obj: T) -> T:
-            self.add(name, obj, help)
+            self.add(name, obj, help, title=title)
             return obj
 
         return deco
 
-    def add(self, name: str, obj: T, help: str | None = None) -> None:
-        """Add `obj` under `name`."""
+    def add(self, name: str, obj: T, help: str | None = None, *, title: str | None = None) -> None:
+        """Add `obj` under `name`; `title` is its display name in tables and reports (default: `name`)."""
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
         doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
         self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+        if title:
+            self.set_title(name, title)
+
+    def set_title(self, name: str, title: str) -> None:
+        """Give a registered name its display name in tables and reports."""
+        self.get(name)
+        self._titles[name] = title
 
     def get(self, name: str) -> T:
         """The object registered under `name`; an `UnknownNameError` listing valid names otherwise."""
@@ -61,6 +69,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Registered names, in registration order."""
         return list(self._items)
+
+    def title(self, name: str) -> str:
+        """The display name of `name` (e.g. 'D-BR' for 'd-br'); `name` itself when none was given."""
+        return self._titles.get(name, name)
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, one-line description) pairs."""

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -39,6 +39,9 @@ class BackdoorRunSettings(Settings):
     data_dir: str | None = None
     train_size: int | None = Field(None, ge=1)
     test_size: int | None = Field(None, ge=1)
+    subset: Literal["stratified", "balanced"] = Field(
+        "stratified", description="how train_size/test_size subsets are drawn: stratified (the class proportions, "
+                                  "every class kept) or balanced (equal numbers per class)")
     download: bool = Field(True, description="allow torchvision downloads when files are missing")
     model: str = "cnn_small"
     model_options: dict[str, Any] = Field(default_factory=dict)
@@ -179,7 +182,8 @@ def _setup(settings: BackdoorRunSettings, folder: RunFolder, *, resume: bool, ov
             check_resumed_config(out, SDSettings, sd, "sd.yaml", "sd")
     seed_everything(settings.seed)
     data = load_dataset(settings.dataset, settings.data_dir, train_size=settings.train_size,
-                        test_size=settings.test_size, seed=settings.seed, download=settings.download)
+                        test_size=settings.test_size, seed=settings.seed, download=settings.download,
+                        subset=settings.subset)
     attack = build_attack(settings.attack)
     poisoned = attack.poison(data.train, seed=settings.seed)
     with torch.random.fork_rng(devices=[]):  # leaves the seeded RNG as it was

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ def triggers_dir(data_dir: Path) -> Path:
     if not d.is_dir():
         pytest.skip("no triggers/ folder in ADVML_DATA_DIR")
     return d
+
+
+@pytest.fixture(scope="session")
+def bundled_triggers() -> Path:
+    """The trigger files shipped in the package (what the attacks' defaults read); never skips."""
+    return Path(str(resources.files("advml.backdoor") / "assets" / "triggers"))
 
 
 @pytest.fixture(scope="session")

@@ -66,12 +66,12 @@ def test_smoke_tables_have_their_shape_and_no_missing_cell(name, shape, tmp_path
     if name == "table3_rap":  # +rap and +rap-ls against mi-ti-di on the same images: the rates' difference
         lines = [r.split(" | ") for r in paired.splitlines() if r.startswith("| resnet18")]
         paired_header = [h.strip(" |") for h in paired.split("\n| ")[1].split(" | ")]
-        assert [r[0] for r in lines] == ["| resnet18_narrow / mi-ti-di+rap", "| resnet18_narrow / mi-ti-di+rap-ls"]
+        assert [r[0] for r in lines] == ["| resnet18_narrow / MI-TI-DI + RAP", "| resnet18_narrow / MI-TI-DI + RAP-LS"]
         assert paired_header[1:] == header[1:]  # white-box, then the target, as in the main table
         rate = {r[0]: [float(v) for v in r[1:]] for r in body}
-        for r, method in zip(lines, ["mi-ti-di+rap", "mi-ti-di+rap-ls"]):
+        for r, method in zip(lines, ["MI-TI-DI + RAP", "MI-TI-DI + RAP-LS"]):
             diffs = [float(v.split(" [")[0]) for v in r[1:]]
-            expected = [b - a for a, b in zip(rate["resnet18_narrow / mi-ti-di"], rate[f"resnet18_narrow / {method}"])]
+            expected = [b - a for a, b in zip(rate["resnet18_narrow / MI-TI-DI"], rate[f"resnet18_narrow / {method}"])]
             assert diffs == pytest.approx(expected, abs=2e-3)
     else:
         assert not paired
@@ -80,7 +80,7 @@ def test_smoke_tables_have_their_shape_and_no_missing_cell(name, shape, tmp_path
     if name == "table1_issba":  # BA of standard training and ISSBA's PSNR land in their columns
         row = {r[0]: r for r in body}
         assert header[1:] == ["BA", "ASR", "PSNR (dB)", "l-inf"]
-        assert row["none"][2] == "—" and float(row["issba"][3]) > 20
+        assert row["Standard training"][2] == "—" and float(row["ISSBA"][3]) > 20
 
 
 def test_paired_table_matches_rows_to_their_base_method_on_the_same_images():
@@ -97,6 +97,38 @@ def test_paired_table_matches_rows_to_their_base_method_on_the_same_images():
     assert paired_table([row("mi", {"a": "0", "b": "1"}), row("mi+rap", {"a": "1", "b": "1"})],
                         ["b", "a"])[0][1:] == ["b", "a"]
     assert paired_table([row("mi", {"t": "0"})]) is None
+    spec = load_spec(SEED / "table3_rap.yaml")  # display names, for every paired row
+    two = [row("mi-ti-di", {"t": "01"}, (1, 2)), row("mi-ti-di+rap", {"t": "11"}, (1, 2)),
+           row("mi-ti-di+rap-ls", {"t": "00"}, (1, 2))]
+    assert [r[0] for r in paired_table(two, spec=spec)[1]] == ["s / MI-TI-DI + RAP", "s / MI-TI-DI + RAP-LS"]
+
+
+def test_report_names_come_from_the_registries_and_the_spec_and_mixed_code_is_flagged(tmp_path):
+    from advml.bench.report import version_warning
+
+    spec = load_spec(SEED / "table2_defense.yaml")
+    rows = [{"params": c.params, "metrics": {"clean_acc": 0.5, "asr": 0.25}} for c in spec.cells("smoke")]
+    header, body = build_table(spec, "smoke", rows)
+    assert header[:3] == ["attack", "No defense ACC", "No defense ASR"] and "D-BR ASR" in header
+    assert [r[0] for r in body] == ["BadNets all2one", "Blend-Kitty"]  # the spec's label, the registry's title
+    assert spec.label("seed", 3) == "3" and spec.label("defense.name", "no-such") == "no-such"
+    assert version_warning([{"code_version": "0.1.0+abc"}] * 2) is None
+    mixed = version_warning([{"code_version": "0.1.0+abc"}, {"code_version": "0.1.0+def-dirty"}])
+    assert "2 code versions" in mixed and "1 cell ran with uncommitted changes" in mixed
+    # a newer edition of the spec re-labels a finished bench; another bench is refused
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.set_meta("spec", {**spec.model_dump(mode="json"), "labels": {}})
+    store.set_meta("preset", "smoke")
+    for c, r in zip(spec.cells("smoke"), rows):
+        store.add(c.id, c.params, {}, r["metrics"], 1.0, {}, "0.1.0+abc" if c.params["attack.name"] == "badnets"
+                  else "0.1.0+def")
+    store.close()
+    md = render_report(tmp_path)[0].read_text()
+    assert "| badnets |" not in md and "| BadNets |" in md and "**Warning:** these cells come from 2 code" in md
+    assert "| BadNets all2one |" in render_report(tmp_path, spec)[0].read_text()
+    assert "| BadNets all2one |" in render_report(tmp_path)[0].read_text()  # recorded
+    with pytest.raises(ConfigError, match="other cells or settings"):
+        render_report(tmp_path, load_spec(SEED / "table1_issba.yaml"))
 
 
 def test_a_killed_bench_resumes_without_rerunning_finished_cells(tmp_path, cache):
@@ -214,8 +246,8 @@ def test_cell_settings_merge_preset_overrides_and_grid_values():
     assert "asr_before" in t2.table_at("cpu-attacks").values and "asr_before" not in t2.table_at("cpu").values
     header, body = build_table(t2, "cpu-attacks", [{"params": other["sig"].params, "metrics": {
         "clean_acc_before": 0.6, "asr_before": 0.9, "clean_acc": 0.58, "asr": 0.02}}])
-    assert header[1:3] == ["d-br ACC before", "d-br ASR before"]
-    assert body[[r[0] for r in body].index("sig")][1:5] == ["0.600", "0.900", "0.580", "0.020"]
+    assert header[1:3] == ["D-BR ACC before", "D-BR ASR before"]
+    assert body[[r[0] for r in body].index("SIG")][1:5] == ["0.600", "0.900", "0.580", "0.020"]
 
 
 @pytest.mark.slow

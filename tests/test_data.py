@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from advml.data import DATASETS, TensorImageDataset, balanced_indices, load_dataset
+from advml.data import DATASETS, TensorImageDataset, balanced_indices, load_dataset, stratified_indices
 from advml.errors import ConfigError, DataError, UnsafeFileError
 
 
@@ -29,7 +29,7 @@ def test_sample_pixels_match_the_full_cifar10_file(sample, data_dir):
     assert torch.equal(full_train.images[idx], sample.train.images)
 
 
-def test_subsets_are_seeded_balanced_and_sized(sample):
+def test_subsets_are_seeded_stratified_and_sized(sample):
     a = load_dataset("sample", train_size=300, test_size=100, seed=3)
     b = load_dataset("sample", train_size=300, test_size=100, seed=3)
     c = load_dataset("sample", train_size=300, test_size=100, seed=4)
@@ -48,6 +48,68 @@ def test_balanced_indices_uneven_size_and_errors():
         balanced_indices(labels, 51, 10, torch.Generator())
     with pytest.raises(ConfigError, match="class 9"):
         balanced_indices(labels[labels != 9], 30, 10, torch.Generator())
+
+
+# GTSRB's training split as torchvision ships it: 43 classes, 210 to 2,250 images each (39,209)
+GTSRB_COUNTS = [210, 2220, 2250, 1410, 1980, 1860, 420, 1440, 1410, 1470, 2010, 1320, 2100, 2160, 780, 630, 420, 1110,
+                1200, 210, 360, 330, 390, 510, 270, 1500, 600, 240, 540, 270, 450, 780, 240, 689, 420, 1200, 390, 210,
+                2070, 300, 360, 240, 240]
+
+
+def _imbalanced_npz(path, scale=4, seed=0, side=16):
+    """A GTSRB-shaped npz (43 classes in GTSRB's proportions, /scale) of random images (small: seconds to train)."""
+    counts = np.array(GTSRB_COUNTS) // scale
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.repeat(np.arange(43), counts))
+    x = rng.integers(0, 256, (len(y), side, side, 3), dtype=np.uint8)
+    return _npz(path, x_train=x, y_train=y, x_test=x[:430], y_test=np.arange(430) % 43), counts
+
+
+def _assert_proportional(counts, subset_counts, size):
+    quota = np.asarray(counts) * size / np.sum(counts)
+    assert subset_counts.sum() == size and (subset_counts >= 1).all()
+    assert np.abs(subset_counts - quota).max() < 1  # each class within one image of its share
+
+
+def test_stratified_subset_of_an_imbalanced_dataset_is_proportional(tmp_path):
+    path, counts = _imbalanced_npz(tmp_path / "gtsrb_like.npz")
+    a = load_dataset(f"npz:{path}", train_size=6000, seed=1)
+    _assert_proportional(counts, a.train.labels.bincount(minlength=43).numpy(), 6000)
+    assert torch.equal(a.train.tensors()[0], load_dataset(f"npz:{path}", train_size=6000, seed=1).train.tensors()[0])
+    assert not torch.equal(a.train.labels, load_dataset(f"npz:{path}", train_size=6000, seed=2).train.labels)
+    with pytest.raises(ConfigError, match="a balanced subset of 6000 needs 140 images of class 0, the data has 52"):
+        load_dataset(f"npz:{path}", train_size=6000, subset="balanced")
+    # a size so small that proportions would drop the rare classes still keeps one image of each
+    tiny = load_dataset(f"npz:{path}", train_size=50).train.labels.bincount(minlength=43)
+    assert tiny.sum() == 50 and (tiny >= 1).all()
+    with pytest.raises(ConfigError, match="cannot keep all 43 classes"):
+        load_dataset(f"npz:{path}", train_size=42)
+
+
+def test_stratified_equals_balanced_on_balanced_data():
+    labels = torch.arange(10).repeat(50)
+    for size in (13, 300, 500):  # the same indices: earlier class-balanced runs and benches keep their subsets
+        assert torch.equal(stratified_indices(labels, size, 10, torch.Generator().manual_seed(5)),
+                           balanced_indices(labels, size, 10, torch.Generator().manual_seed(5)))
+
+
+def test_cli_backdoor_on_an_imbalanced_dataset_with_train_size(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from advml.cli import app
+
+    path, counts = _imbalanced_npz(tmp_path / "gtsrb_like.npz")
+    args = ["backdoor", "--dataset", f"npz:{path}", "--train-size", "6000", "--test-size", "200", "--epochs", "1",
+            "--set", "train.augment=none", "--no-progress"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_size"] == 6000 and metrics["poison_count"] == 600
+    r = CliRunner().invoke(app, [*args, "--subset", "balanced", "--out", str(tmp_path / "run2")])
+    assert r.exit_code == 2 and "a balanced subset of 6000 needs 140 images of class 0" in r.output
+    assert not (tmp_path / "run2").exists()
 
 
 def test_subset_larger_than_data_is_a_clear_error():

@@ -9,8 +9,8 @@ KEY = "cifar10_preactresnet18_0_255"
 
 
 @pytest.fixture
-def lf_file(triggers_dir):
-    return triggers_dir / "backdoorbench/lowFrequency.npz"
+def lf_file(bundled_triggers):
+    return bundled_triggers / "backdoorbench/lowFrequency.npz"
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_linf_distance_is_the_pattern_maximum(sample, images, lf_file):
     assert np.allclose(diff[0].permute(1, 2, 0).numpy(), pattern / 255, atol=1e-6)
 
 
-def test_default_file_comes_from_the_data_dir(sample, images, lf_file):
+def test_default_file_is_the_bundled_one(sample, images, lf_file):
     a = LowFrequency().trigger_for(sample.test).apply(images)
     assert torch.equal(a, LowFrequency(pattern_file=str(lf_file)).trigger_for(sample.test).apply(images))
 

@@ -21,7 +21,7 @@ def clean_model(sample):
     return model.eval()
 
 
-def test_trojannn_trigger_excites_the_chosen_neurons(sample, clean_model, triggers_dir):
+def test_trojannn_trigger_excites_the_chosen_neurons(sample, clean_model):
     attack = build_attack("trojannn", iters=100, target=3)
     attack.model = clean_model
     p = attack.poison(sample.train, seed=0)
@@ -59,7 +59,7 @@ def test_no_attack_poisons_nothing(sample):
     assert attack.backdoor_test_set(sample.test) is None
 
 
-def test_trigger_figure_and_stealth_table(sample, tmp_path, triggers_dir):
+def test_trigger_figure_and_stealth_table(sample, tmp_path):
     figures = trigger_figure(build_attack("blend_strip"), sample, tmp_path / "f.png", n=4)
     with Image.open(tmp_path / "f.png") as im:
         assert im.size[0] > im.size[1] > 100
@@ -80,3 +80,27 @@ def test_cli_triggers_and_stealth(tmp_path):
     assert r.exit_code == 0 and "| badnets |" in r.output
     r = runner.invoke(app, ["triggers", "--attack", "badnets", "--set", "sise=5", "--out", str(tmp_path / "c.png")])
     assert r.exit_code == 2 and "did you mean 'size'" in r.output
+
+
+def test_stealth_skips_or_caches_the_attacks_that_train_a_model(tmp_path, monkeypatch):
+    from advml.data import load_dataset
+    from advml.train import Trainer
+
+    monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path / "cache"))
+    data = load_dataset("sample", train_size=100, test_size=50)
+    runner = CliRunner()
+    r = runner.invoke(app, ["stealth", "--attacks", "badnets,clean_label", "--skip-model-attacks", "--n", "10",
+                            "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0 and "| badnets |" in r.output and "| clean_label |" not in r.output, r.output
+    assert json.loads((tmp_path / "s" / "stealth.json").read_text())["skipped"] == ["clean_label"]
+    assert not (tmp_path / "cache").exists()  # nothing trained
+    fits = []
+    original = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: fits.append(1) or original(self, *a, **k))
+    fast = {"clean_label": {"surrogate": {"model": "cnn_small", "epochs": 1}}}
+    first = stealth_table(data, tmp_path / "a", attacks=["clean_label"], n=10, settings=fast)
+    assert len(fits) == 1 and list((tmp_path / "cache" / "zoo").rglob("model.safetensors"))
+    second = stealth_table(data, tmp_path / "b", attacks=["clean_label"], n=10, settings=fast)
+    assert len(fits) == 1 and first == second  # the cached model, not a second training
+    r = runner.invoke(app, ["stealth", "--attacks", "badnets,nope", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "unknown attack 'nope'" in r.output

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from advml.config import Seed, Settings
-from advml.data.base import ImageDataset, as_image_dataset, balanced_indices
+from advml.data.base import ImageDataset, as_image_dataset, stratified_indices
 from advml.errors import ConfigError, DataError, InputError, NumericalError
 from advml.train import model_state
 from advml.utils.checks import check_images, check_state
@@ -51,7 +51,7 @@ class StegaStampSettings(Settings):
                                                       "after the warm-up (StegaStamp's ramp)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="Adam step size (StegaStamp: 1e-4; 1e-3 for the CPU budget)")
-    train_size: int | None = Field(12000, ge=1, description="class-balanced training subset; None: all of it")
+    train_size: int | None = Field(12000, ge=1, description="class-stratified training subset; None: all of it")
     l2_weight: float = Field(2.0, ge=0)
     perceptual_weight: float = Field(1.5, ge=0, description="weight of the SSIM loss (1 - SSIM) / 2")
     secret_weight: float = Field(1.5, gt=0)
@@ -307,7 +307,7 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
     gen = torch.Generator().manual_seed(s.seed)
     pool = torch.arange(len(train))
     if s.train_size is not None and s.train_size < len(train):
-        pool = balanced_indices(train.labels, s.train_size, train.num_classes, gen)
+        pool = stratified_indices(train.labels, s.train_size, train.num_classes, gen)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt = torch.optim.Adam(params, lr=s.lr)
     critic_opt = torch.optim.RMSprop(model.critic.parameters(), lr=1e-5) if model.critic is not None else None

@@ -9,8 +9,8 @@ from typing import Any
 
 from advml.bench.spec import BenchSpec, Table
 from advml.bench.store import ResultStore
-from advml.config import validate
-from advml.errors import DataError
+from advml.config import dump_yaml, validate
+from advml.errors import ConfigError, DataError
 from advml.stats import paired_difference
 from advml.utils.io import write_text_atomic
 
@@ -39,6 +39,11 @@ def _label(params: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
     return tuple(params.get(k) for k in keys)
 
 
+def _shown(spec: BenchSpec, keys: list[str], values: tuple[Any, ...]) -> list[str]:
+    """The display names of a row's or column's grid values."""
+    return [spec.label(k, v) for k, v in zip(keys, values)]
+
+
 def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The table of the spec's layout: (header, body); every grid row/column combination appears once."""
     t: Table = spec.table_at(preset)
@@ -62,10 +67,11 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
                 columns += [(ck, f"{base}.{k}", k) for k in keys]
             else:
                 columns.append((ck, path, label))
-    header = [" / ".join(t.rows)] + [" ".join([*map(str, ck), label]).strip() for ck, _, label in columns]
+    header = [" / ".join(spec.label(k) for k in t.rows)]
+    header += [" ".join([*_shown(spec, t.columns, ck), label]).strip() for ck, _, label in columns]
     body = []
     for rk in row_keys:
-        line = [" / ".join(map(str, rk))]
+        line = [" / ".join(_shown(spec, t.rows, rk))]
         for ck, path, _ in columns:
             metrics = by_label.get((rk, ck))
             line.append(MISSING if metrics is None else _fmt(_lookup(metrics, path)))
@@ -73,8 +79,8 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
     return header, body
 
 
-def paired_table(rows: list[dict[str, Any]],
-                 order: list[str] | None = None) -> tuple[list[str], list[list[str]]] | None:
+def paired_table(rows: list[dict[str, Any]], order: list[str] | None = None,
+                 spec: BenchSpec | None = None) -> tuple[list[str], list[list[str]]] | None:
     """Transfer cells against their base method (`a+rap` vs `a`, same other parameters) on the same images:
     success difference per model with its 95 % paired interval and McNemar p; None without per-image outcomes."""
     def key(params: dict[str, Any], method: str) -> str:
@@ -95,8 +101,10 @@ def paired_table(rows: list[dict[str, Any]],
     models = sorted(found, key=lambda k: rank.get(k, len(rank)))
     header = ["cell vs its base method"] + [m.replace("white_box", "white-box") for m in models]
     body = []
+    show = spec.label if spec is not None else (lambda k, v: str(v))
     for params, a, b in pairs:
-        line = [" / ".join(f"{v}" for k, v in params.items() if k != "method") + f" / {params['method']}"]
+        line = [" / ".join([*(show(k, v) for k, v in params.items() if k != "method"),
+                            show("method", params["method"])])]
         for name in models:
             if name in a and name in b and len(a[name]) == len(b[name]):
                 d = paired_difference(a[name], b[name])
@@ -126,29 +134,58 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
     return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def render_report(folder: str | Path) -> tuple[Path, Path]:
-    """Write report.md and report.html into `folder` from its results.sqlite; returns both paths."""
+def version_warning(rows: list[dict[str, Any]]) -> str | None:
+    """A warning when the finished cells ran different code (or uncommitted code), else None."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["code_version"]] = counts.get(r["code_version"], 0) + 1
+    notes = []
+    if len(counts) > 1:
+        listed = ", ".join(f"{v} ({n} cell{'s' * (n > 1)})" for v, n in sorted(counts.items()))
+        notes.append(f"these cells come from {len(counts)} code versions ({listed}); a difference between cells "
+                     f"may come from a code change, not only from their settings")
+    dirty = sum(n for v, n in counts.items() if v.endswith("-dirty"))
+    if dirty:
+        notes.append(f"{dirty} cell{'s' * (dirty > 1)} ran with uncommitted changes ('-dirty'), which no commit "
+                     f"reproduces")
+    return "; ".join(notes) if notes else None
+
+
+def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html into `folder` from its results.sqlite; returns both paths. `spec`: a newer
+    edition of the recorded spec (same cells and settings) whose title and display names to use; it is recorded."""
     folder = Path(folder)
     store = ResultStore(folder / "results.sqlite", create=False)
     try:
-        spec = validate(BenchSpec, store.meta("spec"), f"{store.path} spec") \
+        recorded = validate(BenchSpec, store.meta("spec"), f"{store.path} spec") \
             if isinstance(store.meta("spec"), dict) else None
         preset = store.meta("preset")
-        if spec is None or not isinstance(preset, str):
+        if recorded is None or not isinstance(preset, str):
             raise DataError(f"{store.path}: damaged results table (its spec or preset is not one advml wrote)")
-        spec.scale(preset)
+        recorded.scale(preset)
         rows = store.rows()
         figures = store.figures()
+        if spec is not None:
+            if spec.identity(preset) != recorded.identity(preset):
+                raise ConfigError(f"{folder} holds a bench of other cells or settings than spec {spec.name!r} at "
+                                  f"preset {preset!r}; its report keeps the recorded spec")
+            store.set_meta("spec", spec.model_dump(mode="json"))
+            record = {"spec": spec.model_dump(mode="json"), "preset": preset}
+            write_text_atomic(folder / "spec.yaml", dump_yaml(record))
+        spec = spec or recorded
     finally:
         store.close()
     header, body = build_table(spec, preset, rows)
     title = spec.title or spec.name
     versions = sorted({r["code_version"] for r in rows})
     seconds = sum(r["seconds"] or 0 for r in rows)
+    code = versions[0] if len(versions) == 1 else f"{len(versions)} versions (see the warning)" if versions else "n/a"
     done = f"{len(rows)} of {len(spec.cells(preset))} cells finished; {seconds / 60:.1f} min of cell time; " \
-           f"code {', '.join(versions) or 'n/a'}; preset {preset}"
-    md = f"# {title}\n\n{done}\n\n" + _markdown(spec.name, header, body)
-    paired = paired_table(rows, spec.models_at(preset))
+           f"code {code}; preset {preset}"
+    warning = version_warning(rows)
+    md = f"# {title}\n\n{done}\n\n" + (f"> **Warning:** {warning}.\n\n" if warning else "")
+    md += _markdown(spec.name, header, body)
+    paired = paired_table(rows, spec.models_at(preset), spec)
     paired_html = ""
     if paired:
         note = "Success minus the base method's on the same images; 95 % paired (Wald) interval; exact McNemar p."
@@ -160,12 +197,14 @@ def render_report(folder: str | Path) -> tuple[Path, Path]:
         f'<figure><img alt="{html.escape(cid)} {html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(cid)}: {html.escape(name)}</figcaption>'
         f"</figure>" for cid, fs in figures.items() for name, png in fs.items())
+    warning_html = f'<p class="warning"><strong>Warning:</strong> {html.escape(warning)}.</p>' if warning else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #999;padding:3px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
-figure{{display:inline-block;margin:8px}} img{{max-width:420px}}</style></head>
-<body><h1>{html.escape(title)}</h1><p>{html.escape(done)}</p>
+figure{{display:inline-block;margin:8px}} img{{max-width:420px}}
+.warning{{background:#fff3cd;border:1px solid #d39e00;padding:6px 10px}}</style></head>
+<body><h1>{html.escape(title)}</h1><p>{html.escape(done)}</p>{warning_html}
 <h2>{html.escape(spec.name)}</h2>{_html_table(header, body)}{paired_html}
 <h2>Figures</h2><div class="figures">{imgs or "<p>none</p>"}</div></body></html>
 """

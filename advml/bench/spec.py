@@ -70,6 +70,9 @@ class BenchSpec(Settings):
                                                        "other than its surrogate")
     presets: dict[str, Scale]
     table: Table
+    labels: dict[str, str] = Field(default_factory=dict, description="display names in the report: a grid key "
+                                   "('attack.name': attack) or 'key=value' ('method=mi-ti-di': MI-TI-DI); default: "
+                                   "the registry's title of the value, else the value")
 
     @field_validator("name")
     @classmethod
@@ -112,6 +115,16 @@ class BenchSpec(Settings):
                 "models": self.models_at(preset), "preset": preset, "run_preset": s.preset, "settings": s.settings,
                 "overrides": s.overrides, "table": self.table_at(preset).model_dump(mode="json")}
 
+    def label(self, key: str, value: Any = None) -> str:
+        """The display name of a grid key (value None) or of one of its values."""
+        if value is None:
+            return self.labels.get(key) or (key[:-5] if key.endswith(".name") else key)
+        if f"{key}={value}" in self.labels:
+            return self.labels[f"{key}={value}"]
+        registry = _registry_of(key)
+        return registry.title(value) if registry is not None and isinstance(value, str) and value in registry \
+            else str(value)
+
     def table_at(self, preset: str) -> Table:
         """The table layout at `preset`."""
         return self.scale(preset).table or self.table
@@ -119,6 +132,27 @@ class BenchSpec(Settings):
     def models_at(self, preset: str) -> list[str] | None:
         """The transfer zoo at `preset`."""
         return self.scale(preset).models or self.models
+
+
+def _registry_of(key: str) -> Any:
+    """The registry whose names a grid key takes (attack.name -> the attacks), for their display names."""
+    if key == "attack.name":
+        from advml.backdoor.attacks import ATTACKS
+
+        return ATTACKS
+    if key == "defense.name":
+        from advml.backdoor.defenses import DEFENSES
+
+        return DEFENSES
+    if key in ("model", "surrogate"):
+        from advml.models import MODELS
+
+        return MODELS
+    if key == "dataset":
+        from advml.data import DATASETS
+
+        return DATASETS
+    return None
 
 
 class Cell:

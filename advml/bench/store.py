@@ -28,14 +28,20 @@ CREATE TABLE IF NOT EXISTS figures (
 
 
 def code_version() -> str:
-    """advml's version plus the git commit it runs from (with '-dirty' for uncommitted changes), if any."""
+    """advml's version plus the git commit it runs from (with '-dirty' for uncommitted changes) when it runs from
+    a git checkout of advml; the version alone for an installed package."""
     try:
         version = metadata.version("advml")
     except metadata.PackageNotFoundError:
         version = "unknown"
+    root = Path(__file__).resolve().parents[2]  # the folder holding advml/
+    git = ["git", "-C", str(root)]
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                                text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
+        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10)
+        if top.returncode or Path(top.stdout.strip()).resolve() != root:  # e.g. site-packages inside some repo
+            return version
+        commit = subprocess.run([*git, "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version}+{commit}" if commit else version

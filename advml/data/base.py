@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -191,18 +191,66 @@ def as_image_dataset(dataset: Dataset | ImageDataset) -> ImageDataset:
     return dataset if isinstance(dataset, ImageDataset) else TorchDatasetAdapter(dataset)
 
 
-def balanced_indices(labels: Tensor, size: int, num_classes: int, generator: torch.Generator) -> Tensor:
-    """A seeded, class-balanced random choice of `size` indices (sorted); extra ones go to the first classes."""
-    n = labels.numel()
+SubsetMode = Literal["stratified", "balanced"]
+
+
+def _check_size(size: int, n: int) -> None:
     if size <= 0:
         raise ConfigError(f"subset size must be positive, got {size}")
     if size > n:
         raise ConfigError(f"subset of {size} images requested but the data has only {n}")
-    per_class = [size // num_classes + (1 if c < size % num_classes else 0) for c in range(num_classes)]
+
+
+def _draw(labels: Tensor, per_class: list[int], generator: torch.Generator, kind: str, size: int) -> Tensor:
+    """`per_class[c]` seeded random indices of each class c, sorted."""
     chosen = []
     for c, k in enumerate(per_class):
         pool = (labels == c).nonzero().flatten()
         if k > pool.numel():
-            raise ConfigError(f"a balanced subset of {size} needs {k} images of class {c}, the data has {pool.numel()}")
+            raise ConfigError(f"a {kind} subset of {size} needs {k} images of class {c}, the data has {pool.numel()}")
         chosen.append(pool[torch.randperm(pool.numel(), generator=generator)[:k]])
     return torch.cat(chosen).sort().values
+
+
+def balanced_indices(labels: Tensor, size: int, num_classes: int, generator: torch.Generator) -> Tensor:
+    """A seeded, class-balanced random choice of `size` indices (sorted); extra ones go to the first classes."""
+    _check_size(size, labels.numel())
+    per_class = [size // num_classes + (1 if c < size % num_classes else 0) for c in range(num_classes)]
+    return _draw(labels, per_class, generator, "balanced", size)
+
+
+def stratified_counts(class_counts: Tensor, size: int) -> list[int]:
+    """Per-class sizes proportional to `class_counts` that sum to `size` (largest remainder, ties to the first
+    classes), with at least one image of every class present; equal counts give balanced_indices' sizes."""
+    counts = class_counts.to(torch.float64)
+    present = class_counts > 0
+    if size < int(present.sum()):
+        raise ConfigError(f"a stratified subset of {size} cannot keep all {int(present.sum())} classes; ask for at "
+                          f"least {int(present.sum())} images (or subset: balanced)")
+    quota = counts * size / counts.sum()
+    k = torch.where(present, quota.floor().clamp(min=1), torch.zeros_like(quota))
+    rest = size - int(k.sum())
+    if rest > 0:  # largest remainder first; a stable sort breaks ties by class index
+        k[torch.argsort(-(quota - k), stable=True)[:rest]] += 1
+    for _ in range(-rest):  # the forced ones overshot: take back from the class most above its quota
+        c = int(torch.argmin(torch.where(k > 1, quota - k, torch.full_like(quota, float("inf")))))
+        k[c] -= 1
+    return [int(v) for v in k.tolist()]
+
+
+def stratified_indices(labels: Tensor, size: int, num_classes: int, generator: torch.Generator) -> Tensor:
+    """A seeded random choice of `size` indices (sorted) with class counts proportional to the data's, every
+    class kept; on class-balanced data the same indices as balanced_indices."""
+    _check_size(size, labels.numel())
+    per_class = stratified_counts(torch.bincount(labels, minlength=num_classes)[:num_classes], size)
+    return _draw(labels, per_class, generator, "stratified", size)
+
+
+def subset_indices(labels: Tensor, size: int, num_classes: int, generator: torch.Generator,
+                   mode: SubsetMode = "stratified") -> Tensor:
+    """The subset rule by name: 'stratified' (proportional to the class counts, the default) or 'balanced'."""
+    if mode == "balanced":
+        return balanced_indices(labels, size, num_classes, generator)
+    if mode == "stratified":
+        return stratified_indices(labels, size, num_classes, generator)
+    raise ConfigError(f"unknown subset rule {mode!r}; valid: stratified, balanced")

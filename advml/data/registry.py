@@ -7,11 +7,12 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-from advml.data.base import ImageDataset, balanced_indices
+from advml.data.base import ImageDataset, SubsetMode, subset_indices
 from advml.errors import ConfigError, DataError
 from advml.registry import Registry
 
@@ -63,11 +64,24 @@ def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | N
     return Path(env).expanduser() if env else None
 
 
+def bundled_file(path: str | os.PathLike[str]) -> Path | None:
+    """The resource shipped in the package under this relative path (e.g. 'triggers/d-st/hello_kitty.png'), or None."""
+    p = Path(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return None
+    found = resources.files("advml.backdoor").joinpath("assets", *p.parts)
+    return Path(str(found)) if found.is_file() else None
+
+
 def find_file(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """`path` as given if it exists, else relative to the data folder (e.g. 'triggers/d-st/hello_kitty.png')."""
+    """`path` as given if it exists, else the package's bundled copy (advml/backdoor/assets/<path>), else relative
+    to the data folder: the defaults (e.g. 'triggers/d-st/hello_kitty.png') work without any data folder."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
+    bundled = bundled_file(p)
+    if bundled is not None:
+        return bundled
     root = default_data_dir(data_dir)
     if root is not None and not p.is_absolute() and (root / p).is_file():
         return root / p
@@ -83,8 +97,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, train_size: int | None = None,
                  test_size: int | None = None, seed: int = 0, image_size: int | None = None,
-                 download: bool = True) -> DatasetSplits:
-    """Load a registered dataset and take seeded, class-balanced subsets of the requested sizes."""
+                 download: bool = True, subset: SubsetMode = "stratified") -> DatasetSplits:
+    """Load a registered dataset and take seeded subsets of the requested sizes: `subset` 'stratified' keeps the
+    class proportions (every class kept), 'balanced' takes equal numbers per class."""
     name, arg = parse_spec(spec)
     loader = DATASETS.get(name)
     needs_arg = name in {"imagefolder", "npz", "nips17"}
@@ -100,7 +115,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, *, t
     for split, size in (("train", train_size), ("test", test_size)):
         ds: ImageDataset = getattr(splits, split)
         if size is not None and size != len(ds):
-            setattr(splits, split, ds.subset(balanced_indices(ds.labels, size, ds.num_classes, gen)))
+            setattr(splits, split, ds.subset(subset_indices(ds.labels, size, ds.num_classes, gen, subset)))
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise ConfigError(f"dataset {spec!r} has an empty split")
     (c, h, w), test_shape = splits.train.image_shape, splits.test.image_shape

@@ -79,10 +79,10 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
                          augment=settings.augment, progress=progress)
     train_set = data.train
     if settings.train_size is not None and settings.train_size < len(train_set):
-        from advml.data.base import balanced_indices
+        from advml.data.base import stratified_indices
 
-        idx = balanced_indices(train_set.labels, settings.train_size, data.num_classes,
-                               torch.Generator().manual_seed(settings.seed))
+        idx = stratified_indices(train_set.labels, settings.train_size, data.num_classes,
+                                 torch.Generator().manual_seed(settings.seed))
         train_set = train_set.subset(idx)
     # the entry's checkpoints carry, and are checked against, what it is made from
     with run_scope(RunScope(folder, made_from, hint=f"delete {folder} to retrain it")):

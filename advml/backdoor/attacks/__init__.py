@@ -34,6 +34,11 @@ ATTACKS.add("clean_label", CleanLabel, "Clean-label: PGD (8/255, 4 steps) on tar
 ATTACKS.add("sig", SIG, "SIG clean-label sinusoid (delta 40 train / 60 test, f 6); rate = fraction of the TARGET "
             "CLASS")
 
+for _name, _title in {"none": "Standard training", "badnets": "BadNets", "blend_kitty": "Blend-Kitty",
+                      "blend_strip": "Blend-Strip", "trojan": "Trojan", "trojannn": "TrojanNN",
+                      "clean_label": "Clean-label", "sig": "SIG"}.items():  # display names in tables and reports
+    ATTACKS.set_title(_name, _title)
+
 
 def build_attack(spec: str | dict[str, Any], **settings: Any) -> BackdoorAttack:
     """An attack from a name plus settings, or from a mapping {'name': ..., **settings}."""
@@ -45,6 +50,8 @@ ATTACKS.add("issba", ISSBA, "ISSBA: a StegaStamp encoder's sample-specific resid
             "('a'); encoder trained in advml (a CIFAR-10 32x32 one ships); rate = fraction of the whole training set")
 ATTACKS.add("low_frequency", LowFrequency, "Low-Frequency: BackdoorBench's universal low-frequency pattern added and "
             "clipped; rate = fraction of the whole training set")
+for _name, _title in {"wanet": "WaNet", "issba": "ISSBA", "low_frequency": "Low-frequency"}.items():
+    ATTACKS.set_title(_name, _title)
 
 __all__ = [
     "ATTACKS",

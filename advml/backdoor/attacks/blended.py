@@ -15,7 +15,7 @@ STRIP = "triggers/d-st/signal_cifar10_mask.npy"
 class BlendedSettings(AttackSettings):
     """Blend settings; alpha 0.2 at train and test as in the D-ST paper's code and BackdoorBench."""
 
-    image: str = Field(KITTY, description="pattern image or .npy (path, or relative to ADVML_DATA_DIR)")
+    image: str = Field(KITTY, description="pattern image or .npy (path; the default ships in the package)")
     alpha: float = Field(0.2, gt=0, le=1, description="blend weight when poisoning the training set")
     test_alpha: float = Field(0.2, gt=0, le=1, description="blend weight at test time")
 
@@ -23,7 +23,7 @@ class BlendedSettings(AttackSettings):
 class StripSettings(BlendedSettings):
     """Blend-Strip: the strip pattern of NAD / the D-ST code (vertical stripes, blended in every channel)."""
 
-    image: str = Field(STRIP, description="pattern image or .npy (path, or relative to ADVML_DATA_DIR)")
+    image: str = Field(STRIP, description="pattern image or .npy (path; the default ships in the package)")
 
 
 class Blended(BackdoorAttack):

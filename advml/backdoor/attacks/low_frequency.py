@@ -21,8 +21,8 @@ PATTERNS = "triggers/backdoorbench/lowFrequency.npz"
 class LowFrequencySettings(AttackSettings):
     """Low-Frequency settings; the pattern is BackdoorBench's `resource/lowFrequency/<key>.npy`."""
 
-    pattern_file: str = Field(PATTERNS, description="npz of patterns, or one .npy (path, or relative to "
-                                                    "ADVML_DATA_DIR)")
+    pattern_file: str = Field(PATTERNS, description="npz of patterns, or one .npy (path; the default "
+                                                    "ships in the package)")
     key: str = Field("cifar10_preactresnet18_0_255", description="array in the npz: <dataset>_<model>_0_255")
     pattern_range: Literal["auto", "0_255", "0_1"] = Field(
         "auto", description="scale of the pattern values: auto = 0_255 for integer arrays or any value above 1, "

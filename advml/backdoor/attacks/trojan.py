@@ -16,7 +16,7 @@ class TrojanSettings(AttackSettings):
     """Trojan settings: the trigger file holds key `x`, (3,H,W) float on the 0-255 scale."""
 
     trigger_file: str = Field("triggers/d-st/best_square_trigger_cifar10.npz",
-                              description="npz with the additive trigger (path, or relative to ADVML_DATA_DIR)")
+                              description="npz with the additive trigger (path; the default ships in the package)")
 
 
 class Trojan(BackdoorAttack):

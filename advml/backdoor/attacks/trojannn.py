@@ -20,7 +20,8 @@ class TrojanNNSettings(AttackSettings):
     """Defaults after BackdoorBench's trojannn: apple mask, 2 neurons, target activation 100, 1000 iterations."""
 
     mask: str = Field("triggers/backdoorbench/trojannn/apple4.png",
-                      description="mask image (non-zero = trigger area), resized to the data; path or under ADVML_DATA_DIR")
+                      description="mask image (non-zero = trigger area), resized to the data (a path; the "
+                                  "default ships in the package)")
     neurons: int = Field(2, ge=1, description="penultimate neurons driven up")
     target_activation: float = Field(100.0, gt=0, description="activation the optimisation drives them to")
     iters: int = Field(1000, ge=1, description="optimisation steps on the masked pixels")

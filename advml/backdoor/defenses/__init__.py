@@ -48,6 +48,11 @@ DEFENSES.add("nad", NAD, "NAD: attention distillation from a clean-fine-tuned te
 DEFENSES.add("dbd", DBD, "DBD: SimCLR backbone, SCE linear head, 50 % lowest-loss labelled, MixMatch fine-tuning")
 DEFENSES.add("abl", ABL, "ABL: LGA training, isolate the 1 % lowest-loss samples, train on the rest, unlearn them")
 
+for _name, _title in {"none": "No defense", "d-br": "D-BR", "d-st": "D-ST", "baseline1": "Baseline1",
+                      "baseline2": "Baseline2", "spectral": "Spectral Signatures", "ac": "Activation Clustering",
+                      "fine-pruning": "Fine-Pruning", "nad": "NAD", "dbd": "DBD", "abl": "ABL"}.items():
+    DEFENSES.set_title(_name, _title)  # display names in tables and reports
+
 
 def build_defense(spec: str | dict[str, Any], **settings: Any) -> Defense:
     """A defense from a name plus settings, or from a mapping {'name': ..., **settings}."""
