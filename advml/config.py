@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from advml.errors import ConfigError, DataError
 
@@ -30,6 +30,22 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,
                               protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layer_on_field_defaults(cls, data: Any) -> Any:
+        """A partial mapping for a nested-settings field goes on top of that field's own default (e.g. DBD's
+        encoder), not on the nested class's generic defaults."""
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            value = out.get(name)
+            if isinstance(value, Mapping) and field.default_factory is not None:
+                default = field.default_factory()  # type: ignore[call-arg]
+                if isinstance(default, BaseModel):
+                    out[name] = deep_merge(default.model_dump(), value)
+        return out
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -175,3 +175,15 @@ def test_dst_reports_its_compute_per_stage(tmp_path) -> None:
     assert stages["encoder"]["forward_images"] == 2 * 1 * 500
     assert stages["classifier"]["images"] == 113  # 90 % of D_c (100) and of D_p (25), the rest held out
     assert compute["epoch_images"] == 1000 + 500 + 113 and compute["seconds"] > 0
+
+
+def test_a_partial_preset_block_keeps_dbds_own_defaults():
+    """defense_cpu gives DBD's encoder / warmup in part: the rest must be DBD's defaults, not the generic classes'."""
+    from advml.backdoor.defenses.dbd import DBDSettings
+    from advml.run import load_settings
+
+    d = load_settings(None, {"defense": {"name": "dbd"}}, preset="defense_cpu").defense
+    assert d["encoder"]["epochs"] == 10 and d["encoder"]["projection_bn"] and d["encoder"]["anchor_views"] == "first"
+    assert d["warmup"]["augment"] == "crop_flip" and d["warmup"]["train_bn"] and d["warmup"]["epochs"] == 5
+    s = DBDSettings(warmup={"epochs": 3})
+    assert (s.warmup.epochs, s.warmup.lr, s.warmup.optimizer) == (3, 0.002, "adam")
