@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-advml
 # the real CIFAR-10 files and triggers for tests and benchmarks (tests skip what is absent)
 export ADVML_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast bench docs docs-serve wheel-check clean
+.PHONY: setup demo test test-fast lint bench docs docs-serve wheel-check clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check advml tests benchmarks tools
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -202,7 +202,9 @@ def transfer(
     from advml.config import deep_merge, load_yaml, validate
     from advml.evasion.run import TransferSettings, run_transfer
 
-    overrides = _overrides(dataset=dataset, surrogate=surrogate, surrogate_weights=surrogate_weights, targets=targets.split(",") if targets else None, method=method, targeted=targeted, eps=eps, iters=iters, n_images=n_images, data_dir=data_dir, seed=seed, sets=sets)
+    overrides = _overrides(dataset=dataset, surrogate=surrogate, surrogate_weights=surrogate_weights,
+                           targets=targets.split(",") if targets else None, method=method, targeted=targeted, eps=eps,
+                           iters=iters, n_images=n_images, data_dir=data_dir, seed=seed, sets=sets)
     settings = validate(TransferSettings, deep_merge(load_yaml(config) if config else {}, overrides))
     m = run_transfer(settings, out, overwrite=overwrite)
     typer.echo(f"white-box {m['white_box']:.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in m["success"].items()))

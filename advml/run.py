@@ -20,9 +20,9 @@ from advml.data import load_dataset
 from advml.errors import ConfigError
 from advml.metrics import accuracy, attack_success_rate, stealth
 from advml.models import build_model
+from advml.provenance import file_sha256, refuse_mismatch, train_key
 from advml.registry import Registry
 from advml.train import TrainConfig, Trainer
-from advml.provenance import file_sha256, refuse_mismatch, train_key
 from advml.utils.io import save_tensors, write_json, write_text_atomic
 from advml.utils.rundir import RunFolder, open_run
 from advml.utils.runtime import resolve_device, seed_everything

@@ -75,6 +75,8 @@ class TrainConfig(Settings):
     compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
     device: str = "auto"
     eval_batch_size: int = Field(512, ge=1)
+    eval_every: int = Field(1, ge=1, description="evaluate every k epochs (and always at the last, and every epoch "
+                                                 "when a defense selects its epoch)")
     num_workers: int = Field(0, ge=0, description="loader processes for file-backed datasets")
     progress: bool = True
 
@@ -401,7 +403,8 @@ class Trainer:
         return (base ^ bool(self.epoch % 2)).to(device)
 
     # --- loop -----------------------------------------------------------------------------------------
-    def train_epoch(self, data: ImageDataset, loss_fn: LossFn | None = None, *, total_steps: int | None = None) -> float:
+    def train_epoch(self, data: ImageDataset, loss_fn: LossFn | None = None, *,
+                    total_steps: int | None = None) -> float:
         """One pass over `data` (with `loss_fn`, default the trainer's); returns the mean loss."""
         loss_fn = loss_fn or self.loss_fn
         c, dev, prec = self.config, self.device, self.precision
@@ -502,8 +505,9 @@ class Trainer:
                 self._lookahead(total_steps, final=True)
             record: dict[str, Any] = {"epoch": self.epoch + 1, "loss": losses[0] if len(losses) == 1 else losses,
                                       "lr": self.lr_at(self.epoch)}
-            for name, data in (evals or {}).items():
-                record[name] = accuracy(self.model, data, batch_size=self.config.eval_batch_size)
+            if select is not None or self.epoch + 1 == last or (self.epoch + 1) % self.config.eval_every == 0:
+                for name, data in (evals or {}).items():
+                    record[name] = accuracy(self.model, data, batch_size=self.config.eval_batch_size)
             if select is not None:
                 record["select"] = score = float(select(record))
                 if best is None or score > best[0]:

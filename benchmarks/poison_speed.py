@@ -11,10 +11,10 @@ import argparse
 import numpy as np
 import torch
 from PIL import Image
+from timing import best_of
 
 from advml.backdoor import BadNets, MaskTrigger
 from advml.data import load_dataset
-from timing import best_of
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import best_of
 
 from advml.backdoor import ATTACKS, build_attack
 from advml.data import load_dataset
-from timing import best_of
 from advml.models import build_model
 
 

@@ -25,8 +25,7 @@ import typer
 from typer.testing import CliRunner
 
 import advml.cli
-from advml.errors import (AdvmlError, ConfigError, DataError, InputError, UnknownNameError,
-                          UnsafeFileError)
+from advml.errors import AdvmlError, ConfigError, DataError, InputError, UnknownNameError, UnsafeFileError
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--no-progress"]
@@ -622,7 +621,8 @@ CRAFTED = {
     "other-schema": (lambda db: (db.unlink(), _sql("CREATE TABLE cells (id TEXT)")(db)), "no such table: meta"),
     "other-columns": (_sql("DROP TABLE cells", "CREATE TABLE cells (id TEXT)"), "no such column"),
     "spec-not-json": (_sql("UPDATE meta SET value = '{' WHERE key = 'spec'"), "meta 'spec' is not JSON"),
-    "spec-invalid": (_sql("""UPDATE meta SET value = '{"name": "t"}' WHERE key = 'spec'"""), "spec.kind: Field required"),
+    "spec-invalid": (_sql("""UPDATE meta SET value = '{"name": "t"}' WHERE key = 'spec'"""),
+                     "spec.kind: Field required"),
     "preset-not-text": (_sql("UPDATE meta SET value = '[1]' WHERE key = 'preset'"), "spec or preset is not one"),
     "preset-unknown": (_sql("""UPDATE meta SET value = '"gpu"' WHERE key = 'preset'"""), "has no preset 'gpu'"),
     "params-not-mapping": (_sql("UPDATE cells SET params = '[1]'"), "a field of the wrong type"),

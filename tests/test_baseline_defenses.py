@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.guards import TINY, guard_defenses
 from torch import nn
 
 import advml.run as run_module
@@ -22,10 +23,6 @@ from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
 from advml.models import build_model
 from advml.run import load_settings, run_backdoor
-from helpers.guards import TINY, guard_defenses
-
-
-
 
 
 def _images(n: int, seed: int = 0, classes: int = 3) -> TensorImageDataset:
@@ -94,7 +91,8 @@ def test_kmeans_is_seeded_and_separates_blobs() -> None:
 @pytest.mark.parametrize("arch", ["resnet18_narrow", "cnn_small"])
 def test_fine_pruning_masks_exactly_the_fraction_of_least_active_channels(arch) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, 3, image_size=16, width=4) if arch == "resnet18_narrow" else build_model(arch, 3, image_size=16)
+    options = {"width": 4} if arch == "resnet18_narrow" else {}
+    model = build_model(arch, 3, image_size=16, **options)
     clean = _images(24)
     x, _ = clean.tensors()
     site = find_prune_site(model, x)
@@ -135,7 +133,8 @@ def test_fine_pruning_rule_stops_before_the_tolerated_drop() -> None:
     model = build_model("resnet18_narrow", 3, image_size=16, width=4)
     clean = _images(30)
     ctx = DefenseContext(new_model=lambda arch=None: None, backdoored=model, clean_data=clean, progress=False)
-    info = FinePruning(epochs=1, acc_ratio=0.1, once_prune_ratio=0.125).run(clean, ctx).report["metrics"]["fine_pruning"]
+    result = FinePruning(epochs=1, acc_ratio=0.1, once_prune_ratio=0.125).run(clean, ctx)
+    info = result.report["metrics"]["fine_pruning"]
     steps, base = info["steps"], info["steps"][0]["clean_subset_acc"]
     ok = [s["pruned"] for s in steps if base and (base - s["clean_subset_acc"]) / base < 0.1]
     # the chosen count is the last step of the unbroken run of tolerated steps

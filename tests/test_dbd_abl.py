@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers.guards import TINY, guard_defenses
 from torch import nn
 from torch.nn import functional as F
 
@@ -27,7 +28,6 @@ from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
 from advml.run import load_settings, run_backdoor
 from advml.train import Batch
-from helpers.guards import TINY, guard_defenses
 
 
 def test_sce_matches_a_hand_computation() -> None:

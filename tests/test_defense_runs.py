@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.guards import TINY, guard_defenses
 from typer.testing import CliRunner
 
 from advml.cli import app
 from advml.run import load_settings, run_backdoor
-from helpers.guards import TINY, guard_defenses
 
 TINY_SD = {"warmup_epochs": 1, "finetune_epochs": 1}
 

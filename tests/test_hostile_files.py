@@ -86,7 +86,8 @@ def hostile(tmp_path_factory) -> Path:
     np.savez(f / "label.npz", **big_label)
     jpeg = _jpeg_claiming(12000, 12000)  # under PIL's own bomb limit, which only warns
     (f / "jpeg").mkdir()
-    np.savez(f / "jpeg" / "cifar10_jpeg.npz", jpeg_train=np.frombuffer(jpeg, np.uint8), offsets_train=np.array([0, len(jpeg)]),
+    np.savez(f / "jpeg" / "cifar10_jpeg.npz", jpeg_train=np.frombuffer(jpeg, np.uint8),
+             offsets_train=np.array([0, len(jpeg)]),
              y_train=np.array([0]), jpeg_test=np.frombuffer(jpeg, np.uint8), offsets_test=np.array([0, len(jpeg)]),
              y_test=np.array([0]))
     (f / "laughs.yaml").write_text(_laughs())

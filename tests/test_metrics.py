@@ -1,6 +1,6 @@
+import kornia
 import numpy as np
 import pytest
-import kornia
 import torch
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim

@@ -199,3 +199,11 @@ def test_train_amp_false_reaches_every_stage_of_a_defense_run(tmp_path, monkeypa
     assert len(seen) >= 3 and not any(seen)  # backdoored model, SD model, D-BR
     timing = load_json(tmp_path / "run" / "timing.json")
     assert timing["precision"]["dtype"] == "float32" and timing["train"]["images_per_second"] > 0
+
+
+def test_eval_every_evaluates_every_kth_and_the_last_epoch():
+    torch.manual_seed(0)
+    model = build_model("resnet18_narrow", 4, image_size=16, width=4)
+    t = Trainer(model, TrainConfig(epochs=5, batch_size=64, lr=0.05, eval_every=2, progress=False))
+    history = t.fit(_toy(), {"acc": _toy(32)})
+    assert ["acc" in r for r in history] == [False, True, False, True, True]

@@ -73,7 +73,8 @@ class StegaStampSettings(Settings):
 
 def _conv(cin: int, cout: int, stride: int = 1, norm: bool = False) -> nn.Sequential:
     if norm:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(inplace=True))
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU(inplace=True))
 
 
@@ -389,7 +390,8 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
                 acc = ((logits > 0).float() == secret).float().mean()
                 p = psnr(x, encoded.detach())
             for name, v in (("loss", loss), ("bce", bce), ("l2", l2), ("perceptual", perceptual),
-                            ("floor", floor), ("specific", specific), ("cosine", cosine.mean()), ("bit_acc", acc), ("psnr", p[torch.isfinite(p)].mean())):
+                            ("floor", floor), ("specific", specific), ("cosine", cosine.mean()), ("bit_acc", acc),
+                            ("psnr", p[torch.isfinite(p)].mean())):
                 sums[name] = sums.get(name, 0.0) + float(v.detach()) * len(idx)
             inner.set_postfix(bce=f"{float(bce.detach()):.3f}", acc=f"{float(acc):.3f}", psnr=f"{float(p.mean()):.1f}")
         record = {"epoch": epoch + 1, **{k: v / pool.numel() for k, v in sums.items()},

@@ -20,6 +20,7 @@ from advml.provenance import differences
 from advml.utils.io import load_json, write_text_atomic
 from advml.utils.rundir import RunFolder
 
+
 def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
     """A cell's complete, validated run settings (so a bad grid fails before any work starts)."""
     data = cell.settings(spec, preset)

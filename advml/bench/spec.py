@@ -14,7 +14,6 @@ from pydantic import Field, field_validator
 from advml.config import Settings, deep_merge, load_yaml, validate
 from advml.errors import ConfigError
 
-
 PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
 
 

@@ -57,7 +57,7 @@ def official_attack(model, X_ori, labels, target_labels, draws, *, targeted, los
                     MI=False, DI=False, TI=False, SI=False, m1=1, m2=1, strength=0.0, adv_perturbation=False,
                     transpoint=0, adv_epsilon=16 / 255, adv_steps=8):
     """rap_attack.py l. 312-447 for one batch; `draws` yields the recorded partners, RAP starts and DI draws."""
-    lr, epsilon, n = 2 / 255, 16, X_ori.shape[0]
+    lr, epsilon = 2 / 255, 16
     high = max(math.floor(X_ori.shape[-1] * 330 / 299 + 1e-9), X_ori.shape[-1] + 1)
     kernel = gaussian_kernel(5, 3).to(X_ori.dtype)  # gkern(5, 3) as float32, l. 161-172
     gaussian = kernel.expand(3, 1, 5, 5)

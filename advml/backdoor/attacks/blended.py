@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
-from advml.backdoor.triggers import MaskTrigger, Trigger, TrainTestTrigger, load_pattern
+from advml.backdoor.triggers import MaskTrigger, TrainTestTrigger, Trigger, load_pattern
 
 KITTY = "triggers/d-st/hello_kitty.png"
 STRIP = "triggers/d-st/signal_cifar10_mask.npy"

@@ -10,11 +10,11 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.surrogate import SurrogateSettings, train_surrogate
 from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.triggers import CORNERS, MaskTrigger, Trigger
-from advml.errors import ConfigError
-from advml.backdoor.attacks.surrogate import SurrogateSettings, train_surrogate
 from advml.data.base import ImageDataset, as_image_dataset
+from advml.errors import ConfigError
 from advml.evasion import IterativeAttack
 
 

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
-from advml.backdoor.triggers import AdditiveTrigger, Trigger, TrainTestTrigger
+from advml.backdoor.triggers import AdditiveTrigger, TrainTestTrigger, Trigger
 
 
 class SIGSettings(AttackSettings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from advml.backdoor.defenses.abl import ABL
+from advml.backdoor.defenses.activation_clustering import ActivationClustering
 from advml.backdoor.defenses.base import (
     Defense,
     DefenseContext,
@@ -12,7 +13,6 @@ from advml.backdoor.defenses.base import (
     DefenseSettings,
     untrusted_view,
 )
-from advml.backdoor.defenses.activation_clustering import ActivationClustering
 from advml.backdoor.defenses.contrastive import (
     contrastive_loss,
     train_encoder,
@@ -41,9 +41,12 @@ DEFENSES.add("d-br", DBR, "D-BR: FCT split, then unlearn D_p (gradient ascent) /
 DEFENSES.add("d-st", DST, "D-ST: FCT split, SS-CTL encoder (label positives for D_c only), MCE linear classifier")
 DEFENSES.add("baseline1", Baseline1, "SimCLR encoder (labels unused) + linear head on all labels")
 DEFENSES.add("baseline2", Baseline2, "SupCon encoder on all labels + linear head on all labels")
-DEFENSES.add("spectral", SpectralSignatures, "Spectral Signatures: drop each class's top 1.5 x eps spectral outliers, retrain")
-DEFENSES.add("ac", ActivationClustering, "Activation Clustering: PCA-10 + 2-means per class, drop clusters < 0.35, retrain")
-DEFENSES.add("fine-pruning", FinePruning, "Fine-Pruning: prune least-active last-layer channels, fine-tune (5% clean oracle)")
+DEFENSES.add("spectral", SpectralSignatures,
+             "Spectral Signatures: drop each class's top 1.5 x eps spectral outliers, retrain")
+DEFENSES.add("ac", ActivationClustering,
+             "Activation Clustering: PCA-10 + 2-means per class, drop clusters < 0.35, retrain")
+DEFENSES.add("fine-pruning", FinePruning,
+             "Fine-Pruning: prune least-active last-layer channels, fine-tune (5% clean oracle)")
 DEFENSES.add("nad", NAD, "NAD: attention distillation from a clean-fine-tuned teacher (5% clean oracle)")
 DEFENSES.add("dbd", DBD, "DBD: SimCLR backbone, SCE linear head, 50 % lowest-loss labelled, MixMatch fine-tuning")
 DEFENSES.add("abl", ABL, "ABL: LGA training, isolate the 1 % lowest-loss samples, train on the rest, unlearn them")

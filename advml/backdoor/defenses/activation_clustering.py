@@ -93,7 +93,8 @@ def activation_clustering(features: Tensor, labels: Tensor, settings: ACSettings
             else torch.arange(s.nb_clusters) == rel.argmin()
         removed[idx] = poisoned[assign]
         scores[idx] = 1 - rel[assign]
-        report.append({"label": int(c), "cluster_sizes": rel.tolist(), "poisoned": poisoned.nonzero().flatten().tolist()})
+        report.append({"label": int(c), "cluster_sizes": rel.tolist(),
+                       "poisoned": poisoned.nonzero().flatten().tolist()})
     return removed, scores, report
 
 

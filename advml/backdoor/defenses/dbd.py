@@ -8,10 +8,9 @@ whole network. Stages 1-2 reuse the shared contrastive encoder trainer and linea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Literal
-
-import time
 
 import torch
 from pydantic import Field

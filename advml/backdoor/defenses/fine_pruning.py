@@ -164,7 +164,8 @@ class FinePruning(Defense):
         history = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("finetune")).fit(
             clean, resume=ctx.resume)
         prune.remove(site.linear, "weight")  # permanent: zero columns in a plain weight
-        info: dict[str, Any] = {"layer": f"backbone.{site.index} ({type(backbone_children(model, 'fp')[site.index]).__name__})",
+        layer = type(backbone_children(model, "fp")[site.index]).__name__
+        info: dict[str, Any] = {"layer": f"backbone.{site.index} ({layer})",
                                 "channels": site.channels, "pruned": n, "pruned_ratio": n / site.channels,
                                 "pruned_channels": order[:n].tolist(), "steps": log}
         return DefenseResult(model, None, {"history": history, "metrics": {"fine_pruning": info}})

@@ -5,7 +5,6 @@ the training set into D_c (lowest scores, likely clean), D_p (highest, likely po
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
