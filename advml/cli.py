@@ -371,7 +371,7 @@ def demo(
                f"{m['psnr']:>9.2f} | {m['linf']:>5.0f} |")
     typer.echo(f"| {'BadNets + D-BR':<24} | {m['clean_acc']:>9.3f} | {m['asr']:>6.3f} | {'':>9} | {'':>5} |")
     typer.echo(f"\n{m['poison_count']} of {m['train_size']} training images poisoned; the FCT split's suspected "
-               f"poisoned set D_p ({m['split_sizes']['poisoned']} images) has precision {m['detect_precision']:.2f}, "
+               f"poisoned set D_p ({m['split_sizes']['poisoned']} images) has precision {m['detect_precision']:.3f}, "
                f"and its clean set D_c ({m['split_sizes']['clean']}) is {100 * m['clean_split_poison_rate']:.1f}% "
                f"poisoned. ASR over {m['backdoor_test_size']} triggered non-target test images. "
                f"{time.perf_counter() - start:.0f} s.")
