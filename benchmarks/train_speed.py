@@ -86,7 +86,7 @@ def trainer_overhead(name: str, args: argparse.Namespace, device: torch.device) 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        float(loss)
+        float(loss.detach())
 
     def trainer() -> None:
         torch.manual_seed(0)

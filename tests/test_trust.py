@@ -172,7 +172,8 @@ def test_overwrite_deletes_only_the_files_advml_wrote(finished, npz, tmp_path):
     assert all(p.read_text() == t for p, t in mine.items())
     left = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     assert left == sorted([".advml-run.json", ".config.yaml.tmp", "checkpoints/defense/keep/a.safetensors.txt",
-                           "checkpoints/last.safetensors", "checkpoints/my.txt", "config.yaml", "metrics.json",
+                           "checkpoints/last.safetensors", "checkpoints/last.timing.json", "checkpoints/my.txt",
+                           "config.yaml", "metrics.json",
                            "model.safetensors", "notes.txt", "timing.json"]), left  # no d-br stage files left
 
 

@@ -19,6 +19,8 @@ from advml.models import ImageClassifier, build_model, load_weights
 from advml.provenance import RunScope, differences, run_scope
 from advml.train import TrainConfig, Trainer
 from advml.utils.io import load_json, save_tensors, write_json
+from advml.utils.precision import resolve_precision, set_precision
+from advml.utils.runtime import resolve_device
 
 CACHE_ENV = "ADVML_CACHE_DIR"
 DEFAULT_ARCHS = ("resnet18_narrow", "cnn_small", "vgg16_bn", "mobilenet_v2")  # four families
@@ -72,7 +74,10 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
         if diff:
             raise DataError(f"zoo entry {folder} was made from other data or settings ({', '.join(diff[:3])}); "
                             "delete that folder to retrain it")
-        return load_weights(model, folder / "model.safetensors").eval(), info
+        load_weights(model, folder / "model.safetensors")
+        # the precision its training left it in, so that a cached model behaves as a freshly trained one
+        set_precision(model, resolve_precision(TrainConfig().amp, resolve_device("auto"), model))
+        return model.eval(), info
     if not train:
         raise DataError(f"no zoo model {arch} for {data.name} in {folder}")
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
