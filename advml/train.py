@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from advml import provenance
 from advml.config import Settings
-from advml.data.base import ImageDataset, TensorImageDataset, as_image_dataset
+from advml.data.base import ImageDataset, as_image_dataset
+from advml.data.batches import BatchView, index_device, resident, standard_augment
 from advml.errors import ConfigError, DataError, NumericalError
 from advml.metrics import accuracy
-from advml.utils.checks import check_state
+from advml.utils.checks import check_progress, check_state
 from advml.utils.io import load_json, load_tensors, save_tensors, write_json
 from advml.utils.precision import AmpSetting, at_least_float32, autocast, parse_amp, resolve_precision, set_precision
 from advml.utils.runtime import resolve_device
@@ -106,43 +107,6 @@ def model_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def cross_entropy(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
     """The default loss: cross-entropy of the model's logits (float32)."""
     return F.cross_entropy(at_least_float32(model(batch.x)), batch.y, label_smoothing=label_smoothing)
-
-
-def standard_augment(x: Tensor, generator: torch.Generator, padding: int = 4, *, draws: int | None = None,
-                     offset: int = 0, pad_mode: str = "zeros", flip: Tensor | None = None,
-                     channels_last: bool = False) -> Tensor:
-    """Per-image random crop with zero (or reflect) padding and random horizontal flip, for a whole batch at once.
-
-    `draws`/`offset`: draw the parameters of a `draws`-image batch and use images offset.. of them (a DDP rank's
-    share of the global batch, so every rank's generator stays in step). `flip`: which images to mirror, instead
-    of a random half. `channels_last`: return the batch in that memory format (it comes out of the gather so)."""
-    n, _, h, w = x.shape
-    total = draws if draws is not None else n
-    off = torch.randint(0, 2 * padding + 1, (2, total), generator=generator)[:, offset:offset + n].to(x.device)
-    if flip is None:
-        flip = (torch.rand(total, generator=generator) < 0.5)[offset:offset + n]
-    flip = flip.to(x.device)
-    xp = F.pad(x, (padding,) * 4, mode="reflect" if pad_mode == "reflect" else "constant")
-    rows = off[0, :, None] + torch.arange(h, device=x.device)
-    cols = off[1, :, None] + torch.arange(w, device=x.device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    return out if channels_last else out.contiguous()
-
-
-class _BatchView(torch.utils.data.Dataset):
-    """Lets a DataLoader fetch whole batches (one list of indices per item) from an ImageDataset."""
-
-    def __init__(self, data: ImageDataset) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        index = torch.as_tensor(idx, dtype=torch.long)
-        x, y = self.data.get_batch(index)
-        return x, y, index
 
 
 def _distributed() -> bool:
@@ -284,7 +248,8 @@ class Trainer:
         if meta.get("config") != self._config_key() or meta.get("seed") != str(self.seed):
             raise ConfigError(f"{path}: checkpoint was written with other training settings or seed; "
                               "resume with the same settings or use another output folder")
-        state, scalars, groups, epoch, history = self._checked(path, tensors, meta)
+        state, scalars, groups, epoch, history = check_progress(
+            path, tensors, meta, self.model, self.optimizer, self.generator, self.config.epochs)
         slow = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("slow.")}
         if slow:  # lookahead's slow weights: the model's floating-point entries
             check_state(slow, {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}, str(path))
@@ -308,42 +273,6 @@ class Trainer:
                 self.timing.update({k: v for k, v in saved.items() if k in self.timing
                                     and (v is None or isinstance(v, (int, float)))})
 
-    def _checked(self, path: str | os.PathLike[str], tensors: dict[str, Tensor],
-                 meta: Mapping[str, str]) -> tuple[dict[int, dict[str, Any]], dict[str, Any], list, int, list]:
-        """The optimiser state, scalars, param groups, epoch and history of a checkpoint, each checked."""
-        check_state(model_state(tensors), self.model.state_dict(), str(path))
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        state: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, key = k.split(".", 2)
-                i = int(pid) if pid.isdigit() else -1
-                expected = () if key == "step" else tuple(params[i].shape) if 0 <= i < len(params) else None
-                if expected is None or tuple(v.shape) != expected or (v.is_floating_point() and
-                                                                      not bool(torch.isfinite(v).all())):
-                    raise DataError(f"{path}: damaged checkpoint, optimiser state {k!r} does not fit the model")
-                state.setdefault(i, {})[key] = v.to(self.device)
-        for name, live in (("rng.data", self.generator.get_state()), ("rng.torch", torch.get_rng_state())):
-            t = tensors.get(name)
-            if t is None or t.dtype != live.dtype or t.shape != live.shape:
-                raise DataError(f"{path}: damaged checkpoint, {name} is not a random generator state")
-        try:
-            epoch, history = int(meta["epoch"]), json.loads(meta["history"])
-            scalars, groups = json.loads(meta["optim_scalars"]), json.loads(meta["param_groups"])
-        except (KeyError, ValueError) as e:
-            raise DataError(f"{path}: damaged checkpoint, unreadable progress record ({e})") from None
-        ok = (0 <= epoch <= self.config.epochs and isinstance(history, list) and len(history) == epoch
-              and all(isinstance(r, dict) for r in history) and isinstance(scalars, dict)
-              and all(isinstance(k, str) and k.split(".", 1)[0].isdigit() for k in scalars)
-              and isinstance(groups, list) and len(groups) == len(self.optimizer.param_groups)
-              and all(isinstance(g, dict) and isinstance(g.get("params"), list)
-                      and len(g["params"]) == len(own["params"])
-                      for g, own in zip(groups, self.optimizer.param_groups)))
-        if not ok:
-            raise DataError(f"{path}: damaged checkpoint, its epoch ({meta.get('epoch')}), history or optimiser "
-                            "groups do not fit this training")
-        return state, scalars, groups, epoch, history
-
     def _load_best(self, path: Path) -> tuple[float, dict[str, Tensor]]:
         """The best epoch's weights and score saved by `fit(select=...)`, checked like a checkpoint."""
         tensors, meta = load_tensors(path)
@@ -359,18 +288,8 @@ class Trainer:
 
     # --- data -----------------------------------------------------------------------------------------
     def resident(self, data: ImageDataset) -> ImageDataset:
-        """`data` as one tensor on the training device (uint8 where that is lossless), when it fits in
-        RESIDENT_BYTES; batches are then sliced, converted and augmented on the device."""
-        if self.config.num_workers or (isinstance(data, TensorImageDataset) and data.images.device == self.device):
-            return data
-        c, h, w = data.image_shape
-        if len(data) * c * h * w * 4 > RESIDENT_BYTES:
-            return data
-        x, y = data.tensors()
-        q = x.mul(255).round_()
-        if torch.equal(q.div(255), x):
-            x = q.to(torch.uint8)
-        return TensorImageDataset(x.to(self.device), y.to(self.device), data.classes)
+        """`data` as one tensor on the training device (see `advml.data.batches.resident`)."""
+        return data if self.config.num_workers else resident(data, self.device, RESIDENT_BYTES)
 
     def _data_init(self, data: ImageDataset) -> None:
         """A model that asks for it (e.g. AirNet's whitening) is initialised from a seeded random sample."""
@@ -379,7 +298,7 @@ class Trainer:
             return
         gen = torch.Generator().manual_seed(self.seed ^ 0xDA7A)
         idx = torch.randperm(len(data), generator=gen)[:DATA_INIT_IMAGES]
-        init(data.get_batch(idx.to(_index_device(data)))[0].to(self.device))
+        init(data.get_batch(idx.to(index_device(data)))[0].to(self.device))
 
     def _batches(self, data: ImageDataset) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
         perm = torch.randperm(len(data), generator=self.generator)
@@ -389,9 +308,9 @@ class Trainer:
             share = b // self.world
             chunks = [c[self.rank * share:(self.rank + 1) * share] for c in chunks if len(c) == b]
         if self.config.num_workers == 0:
-            dev = _index_device(data)
+            dev = index_device(data)
             return ((*data.get_batch(c.to(dev)), c) for c in chunks)
-        return torch.utils.data.DataLoader(_BatchView(data), sampler=[c.tolist() for c in chunks], batch_size=None,
+        return torch.utils.data.DataLoader(BatchView(data), sampler=[c.tolist() for c in chunks], batch_size=None,
                                            num_workers=self.config.num_workers,
                                            pin_memory=self.device.type == "cuda")
 
@@ -413,7 +332,7 @@ class Trainer:
         self._set_lr(self.epoch)
         self.model.train()
         total, count = torch.zeros((), dtype=torch.float32 if dev.type == "mps" else torch.float64, device=dev), 0
-        flips = self._flips(len(data), _index_device(data))
+        flips = self._flips(len(data), index_device(data))
         bar = tqdm(self._batches(data), total=steps, leave=False, disable=not c.progress or self.rank > 0,
                    desc=f"epoch {self.epoch + 1}/{c.epochs}")
         start = time.perf_counter()
@@ -527,7 +446,3 @@ class Trainer:
             self.model.load_state_dict(best[1])
         return self.history
 
-
-def _index_device(data: ImageDataset) -> torch.device:
-    """Where `data` wants its batch indices (a resident dataset: on its device)."""
-    return data.images.device if isinstance(data, TensorImageDataset) else torch.device("cpu")

@@ -24,8 +24,9 @@ from timing import best_of  # noqa: E402
 
 from advml.data import load_dataset  # noqa: E402
 from advml.data.base import TensorImageDataset  # noqa: E402
+from advml.data.batches import standard_augment  # noqa: E402
 from advml.models import build_model  # noqa: E402
-from advml.train import TrainConfig, Trainer, standard_augment  # noqa: E402
+from advml.train import TrainConfig, Trainer  # noqa: E402
 from advml.utils.precision import autocast, bf16_support, resolve_precision  # noqa: E402
 from advml.utils.runtime import resolve_device  # noqa: E402
 

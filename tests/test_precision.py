@@ -8,9 +8,10 @@ import torch
 from torch.nn import functional as F
 
 from advml.data.base import TensorImageDataset
+from advml.data.batches import standard_augment
 from advml.errors import ConfigError
 from advml.models import build_model
-from advml.train import TrainConfig, Trainer, standard_augment
+from advml.train import TrainConfig, Trainer
 from advml.utils import precision as P
 
 

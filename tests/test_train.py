@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from advml.data.batches import standard_augment
 from advml.errors import ConfigError
 from advml.models import build_model
-from advml.train import Batch, TrainConfig, Trainer, standard_augment
+from advml.train import Batch, TrainConfig, Trainer
 
 
 def test_augment_is_a_padded_crop_with_optional_flip():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from advml.errors import AdvmlError, DataError, InputError
 
@@ -66,3 +69,42 @@ def check_state(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], sou
     if nonfinite:
         raise DataError(f"{source}: damaged checkpoint, {len(nonfinite)} tensors hold NaN or inf values "
                         f"(e.g. {nonfinite[0]!r})")
+
+
+def check_progress(path: str | os.PathLike[str], tensors: dict[str, Tensor], meta: Mapping[str, str], model: nn.Module,
+                   optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                   max_epochs: int) -> tuple[dict[int, dict[str, Any]], dict[str, Any], list, int, list]:
+    """A Trainer checkpoint's optimiser state, scalars, param groups, epoch and history, each checked against the
+    model, optimiser and generator they will be loaded into."""
+    check_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, model.state_dict(), str(path))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            i = int(pid) if pid.isdigit() else -1
+            expected = () if key == "step" else tuple(params[i].shape) if 0 <= i < len(params) else None
+            if expected is None or tuple(v.shape) != expected or (v.is_floating_point() and
+                                                                  not bool(torch.isfinite(v).all())):
+                raise DataError(f"{path}: damaged checkpoint, optimiser state {k!r} does not fit the model")
+            state.setdefault(i, {})[key] = v.to(params[i].device) if 0 <= i < len(params) else v
+    for name, live in (("rng.data", generator.get_state()), ("rng.torch", torch.get_rng_state())):
+        t = tensors.get(name)
+        if t is None or t.dtype != live.dtype or t.shape != live.shape:
+            raise DataError(f"{path}: damaged checkpoint, {name} is not a random generator state")
+    try:
+        epoch, history = int(meta["epoch"]), json.loads(meta["history"])
+        scalars, groups = json.loads(meta["optim_scalars"]), json.loads(meta["param_groups"])
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{path}: damaged checkpoint, unreadable progress record ({e})") from None
+    ok = (0 <= epoch <= max_epochs and isinstance(history, list) and len(history) == epoch
+          and all(isinstance(r, dict) for r in history) and isinstance(scalars, dict)
+          and all(isinstance(k, str) and k.split(".", 1)[0].isdigit() for k in scalars)
+          and isinstance(groups, list) and len(groups) == len(optimizer.param_groups)
+          and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                  and len(g["params"]) == len(own["params"])
+                  for g, own in zip(groups, optimizer.param_groups)))
+    if not ok:
+        raise DataError(f"{path}: damaged checkpoint, its epoch ({meta.get('epoch')}), history or optimiser "
+                        "groups do not fit this training")
+    return state, scalars, groups, epoch, history

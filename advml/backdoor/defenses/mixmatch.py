@@ -14,8 +14,9 @@ from torch.nn import functional as F
 
 from advml.config import Settings
 from advml.data.base import ImageDataset
+from advml.data.batches import standard_augment
 from advml.errors import InputError
-from advml.train import Batch, standard_augment
+from advml.train import Batch
 
 
 class MixMatchSettings(Settings):
