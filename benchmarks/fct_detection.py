@@ -2,7 +2,7 @@
 CIFAR-10 for model width, training-set size, fine-tuning epochs, FCT transform, transform draws and feature
 normalisation.
 
-Usage: ADVML_DATA_DIR=../shared/data python benchmarks/fct_detection.py [--attacks badnets,blend_kitty]
+Usage: ADVML_DATA_DIR=../shared/data python benchmarks/fct_detection.py [--attacks badnets,blend_kitty,sig:rate=1.0]
        [--sizes 10000] [--widths 16,32] [--finetune 4,10] [--transforms rotate+translate,translate]
        [--draws 1,4] [--normalize both|no|yes] [--finetune-loss intra,ce+intra] [--out runs/fct_detection]
    or: ... python benchmarks/fct_detection.py --cell runs/bench/<bench>/cells/<cell> [--transforms ...]
@@ -37,9 +37,22 @@ def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",")]
 
 
+def _attack(text: str) -> tuple[str, dict[str, float]]:
+    """'sig:rate=1.0' -> ('sig', {'rate': 1.0}): an attack name with numeric settings."""
+    name, _, rest = text.partition(":")
+    options = {}
+    for item in filter(None, rest.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--attacks {text!r}: settings are key=value, separated by ';'")
+        options[key] = float(value)
+    return name, options
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--attacks", default="badnets,blend_kitty")
+    ap.add_argument("--attacks", default="badnets,blend_kitty", help="comma-separated; name:key=value;key=value "
+                    "sets an attack's numeric settings (sig:rate=1.0)")
     ap.add_argument("--sizes", default="10000")
     ap.add_argument("--widths", default="16")
     ap.add_argument("--finetune", default="10")
@@ -48,9 +61,12 @@ def main() -> None:
     ap.add_argument("--normalize", choices=("both", "no", "yes"), default="both", help="L2-normalised features")
     ap.add_argument("--finetune-loss", default="intra", help="comma-separated SD fine-tune losses: intra (official), "
                     "ce+intra")
+    ap.add_argument("--amp", choices=("auto", "true", "false"), default="auto",
+                    help="the SD model's training precision (train.amp)")
     ap.add_argument("--out", default="runs/fct_detection")
     ap.add_argument("--cell", type=Path, help="a finished D-BR/D-ST run folder: score its SD model on its data")
     args = ap.parse_args()
+    amp = {"auto": "auto", "true": True, "false": False}[args.amp]
     out = Path(args.out)
     rows: list[dict] = []
     if args.cell is not None:
@@ -62,21 +78,24 @@ def main() -> None:
                                                            _ints(args.widths), _ints(args.finetune),
                                                            args.finetune_loss.split(",")):
         data = load_dataset("cifar10", train_size=n, test_size=100, seed=0, download=False)
-        poisoned = build_attack(attack).poison(data.train, seed=0)
+        name, options = _attack(attack)
+        poisoned = build_attack(name, **options).poison(data.train, seed=0)
         torch.manual_seed(0)
         model = build_model("resnet18_narrow", 10, mean=data.mean, std=data.std, width=width)
         sd = SDSettings(finetune_epochs=ft, finetune_loss=ft_loss)
-        path = out / f"{attack}_n{n}_w{width}_ft{ft}_{ft_loss.replace('+', '-')}_{sd.schedule}.safetensors"
+        tag = attack.replace(":", "_").replace(";", "_") + ("" if args.amp == "auto" else f"_amp-{args.amp}")
+        path = out / f"{tag}_n{n}_w{width}_ft{ft}_{ft_loss.replace('+', '-')}_{sd.schedule}.safetensors"
         if path.is_file():
             tensors, meta = load_tensors(path)
             model.load_state_dict(tensors)
             train_s = float(meta["seconds"])
         else:
             start = time.perf_counter()
-            train_sd_model(model, poisoned, sd, progress=False)
+            train_sd_model(model, poisoned, sd, progress=False, amp=amp)
             train_s = time.perf_counter() - start
             save_tensors(path, model.state_dict(), {"seconds": repr(train_s)})
-        key = {"attack": attack, "train_size": n, "width": width, "finetune_epochs": ft, "finetune_loss": ft_loss}
+        key = {"attack": attack, "amp": args.amp, "train_size": n, "width": width, "finetune_epochs": ft,
+               "finetune_loss": ft_loss}
         _score(model, poisoned, key, train_s, args, rows)
     _report(out, rows)
 
