@@ -726,7 +726,9 @@ def test_ctrl_c_says_how_to_resume_and_the_resumed_run_counts_both_processes(tmp
     cmd = [sys.executable, "-m", "advml", "backdoor", "--out", str(out), "--train-size", "200", "--test-size", "50",
            "--epochs", "40", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (nohup, `&`) starts with SIGINT ignored and a child inherits that: restore the default
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoints" / "last.safetensors").exists() and time.time() < deadline:
         time.sleep(0.05)
