@@ -237,6 +237,22 @@ def test_a_zoo_entry_made_from_other_data_is_refused_on_load(tmp_path, zoo):
         zoo_model(b, "cnn_small", zoo, progress=False)
 
 
+def test_a_zoo_entry_is_keyed_by_the_precision_it_trained_in(tmp_path, zoo):
+    """bf16 and float32 training give different models: each has its own entry, and one is never read as the other."""
+    from advml.data import load_dataset
+    from advml.errors import DataError
+    from advml.evasion.zoo import entry, zoo_model
+
+    data = load_dataset(f"npz:{_tiny_npz(tmp_path / 'a.npz', seed=0)}")
+    fp32, bf16 = zoo.model_copy(update={"amp": False}), zoo.model_copy(update={"amp": True})
+    assert "-fp32-d" in entry(data, "cnn_small", fp32).name and "-bf16-d" in entry(data, "cnn_small", bf16).name
+    _, info = zoo_model(data, "cnn_small", fp32, progress=False)
+    assert info["precision"] == "float32" and info["settings"]["amp"] is False
+    shutil.copytree(entry(data, "cnn_small", fp32), entry(data, "cnn_small", bf16))  # planted where bf16's would be
+    with pytest.raises(DataError, match=r"made from other data or settings \(.*(precision|amp)"):
+        zoo_model(data, "cnn_small", bf16, progress=False)
+
+
 def test_a_cached_issba_encoder_is_keyed_by_the_whole_content_and_checked(tmp_path, monkeypatch):
     from advml.backdoor.attacks.issba import ISSBA, cache_entry
     from advml.data import TensorImageDataset

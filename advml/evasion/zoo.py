@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from advml.config import Seed, Settings
 from advml.data.registry import DatasetSplits
@@ -19,7 +19,7 @@ from advml.models import ImageClassifier, build_model, load_weights
 from advml.provenance import RunScope, differences, run_scope
 from advml.train import TrainConfig, Trainer
 from advml.utils.io import load_json, save_tensors, write_json
-from advml.utils.precision import resolve_precision, set_precision
+from advml.utils.precision import AmpSetting, Precision, parse_amp, resolve_precision, set_precision
 from advml.utils.runtime import resolve_device
 
 CACHE_ENV = "ADVML_CACHE_DIR"
@@ -35,6 +35,13 @@ class ZooSettings(Settings):
     augment: str = "standard"
     train_size: int | None = Field(None, ge=1, description="None: the whole training set")
     seed: Seed = 0
+    amp: AmpSetting = Field("auto", description="training precision: auto (bf16 + channels_last where the device "
+                            "has bf16 units), true or false; the precision it resolves to is part of the entry's key")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp(cls, v: Any) -> AmpSetting:
+        return parse_amp(v)
 
 
 def cache_dir() -> Path:
@@ -42,11 +49,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "advml")
 
 
+def _precision(settings: ZooSettings) -> Precision:
+    """The precision a zoo model of `settings` trains (and later runs) in on this machine."""
+    return resolve_precision(settings.amp, resolve_device("auto"))
+
+
 def entry(data: DatasetSplits, arch: str, settings: ZooSettings) -> Path:
-    """The cache folder of one zoo model: readable dataset name, architecture and settings, plus a hash of the
-    data's resolved path and content (so two files typed alike, or one file changed, never share an entry)."""
+    """The cache folder of one zoo model: readable dataset name, architecture and settings (with the precision
+    they resolve to here), plus a hash of the data's resolved path and content (so two files typed alike, or one
+    file changed, never share an entry)."""
+    dtype = {"bfloat16": "bf16", "float32": "fp32"}[_precision(settings).dtype]
     key = f"e{settings.epochs}-lr{settings.lr}-b{settings.batch_size}-{settings.augment}-n{settings.train_size}" \
-          f"-s{settings.seed}"
+          f"-s{settings.seed}-{dtype}"
     readable = data.name.split(":")[0] + (f"_{Path(data.source).name}" if data.source else "")
     safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", readable)[:80]
     return cache_dir() / "zoo" / safe / arch / f"{key}-d{data.fingerprint()[:16]}"
@@ -55,7 +69,7 @@ def entry(data: DatasetSplits, arch: str, settings: ZooSettings) -> Path:
 def _provenance(data: DatasetSplits, arch: str, settings: ZooSettings) -> dict[str, Any]:
     """What a zoo entry was made from; recorded in its info.json and checked whenever it is read."""
     return {"arch": arch, "dataset": data.name, "source": data.source, "data_fingerprint": data.fingerprint(),
-            "settings": settings.model_dump(mode="json")}
+            "settings": settings.model_dump(mode="json"), "precision": _precision(settings).dtype}
 
 
 def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = None, *, train: bool = True,
@@ -76,12 +90,12 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
                             "delete that folder to retrain it")
         load_weights(model, folder / "model.safetensors")
         # the precision its training left it in, so that a cached model behaves as a freshly trained one
-        set_precision(model, resolve_precision(TrainConfig().amp, resolve_device("auto"), model))
+        set_precision(model, resolve_precision(settings.amp, resolve_device("auto"), model))
         return model.eval(), info
     if not train:
         raise DataError(f"no zoo model {arch} for {data.name} in {folder}")
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
-                         augment=settings.augment, progress=progress)
+                         augment=settings.augment, amp=settings.amp, progress=progress)
     train_set = data.train
     if settings.train_size is not None and settings.train_size < len(train_set):
         from advml.data.base import stratified_indices
