@@ -94,10 +94,19 @@ for _file in sorted(PRESET_DIR.glob("*.yaml")):
     PRESETS.add(_file.stem, _file, _file.read_text().splitlines()[0].lstrip("# "))
 
 
+def _preset(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A packaged preset's settings, over those of the preset it `extends` (one home for a shared recipe)."""
+    if name in chain:
+        raise ConfigError(f"preset {name!r} extends itself (through {' -> '.join(chain)})")
+    data = load_yaml(PRESETS.get(name))
+    parent = data.pop("extends", None)
+    return deep_merge(_preset(str(parent), (*chain, name)), data) if parent else data
+
+
 def _layers(config: str | Path | None, overrides: dict[str, Any] | None, preset: str | None) -> dict[str, Any]:
     """Merge the layers, then resolve a preset's per-defense settings: `sd` (the SD module, shared by D-BR, D-ST
     and `advml detect`) and `defense_presets[<name>]`, under whatever the layers set explicitly."""
-    data = load_yaml(PRESETS.get(preset)) if preset else {}
+    data = _preset(preset) if preset else {}
     data = deep_merge(data, load_yaml(config)) if config else data
     data = deep_merge(data, overrides or {})
     per_defense = data.pop("defense_presets", None) or {}

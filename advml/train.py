@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from advml import provenance
 from advml.config import Settings
 from advml.data.base import ImageDataset, as_image_dataset
-from advml.data.batches import BatchView, index_device, resident, standard_augment
+from advml.data.batches import BatchView, index_device, random_rotate, resident, standard_augment
 from advml.errors import ConfigError, DataError, NumericalError
 from advml.metrics import accuracy
 from advml.utils.checks import check_progress, check_state
@@ -68,6 +68,8 @@ class TrainConfig(Settings):
     augment: Literal["standard", "none"] = Field("standard", description="random crop (pad crop_padding) + "
                                                                          "horizontal flip")
     crop_padding: int = Field(4, ge=0)
+    rotation: float = Field(0.0, ge=0, le=180, description="standard augment: also rotate each image by up to "
+                                                           "+-rotation degrees (BackdoorBench's WaNet recipe: 10)")
     pad_mode: Literal["zeros", "reflect"] = "zeros"
     flip: Literal["random", "alternating"] = Field("random", description="alternating: a fixed random half of "
                                                   "the images flipped in even epochs, the other half in odd ones")
@@ -343,6 +345,9 @@ class Trainer:
                                      offset=len(x) * self.rank, pad_mode=c.pad_mode,
                                      flip=flips[idx] if flips is not None else None,
                                      channels_last=prec.channels_last)
+                if c.rotation > 0:
+                    x = random_rotate(x, c.rotation, self.generator, draws=len(x) * self.world,
+                                      offset=len(x) * self.rank)
             elif prec.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             if c.schedule == "onecycle":

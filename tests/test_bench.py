@@ -173,8 +173,8 @@ def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp
     out = run_bench(spec, "smoke", tmp_path / "b", progress=False, only=[first])
     header, body = _table(out)
     assert [r.count(MISSING) for r in body] == [0, 2, 2]
-    with pytest.raises(ConfigError,
-                       match="no preset 'huge'; valid: smoke, cpu, cpu-strong, cpu-strong-eps8, gpu, paper"):
+    assert list(spec.presets)[:3] == ["smoke", "cpu", "cpu-strong"]
+    with pytest.raises(ConfigError, match=f"no preset 'huge'; valid: {', '.join(spec.presets)}$"):
         run_bench(spec, "huge", tmp_path / "c")
     bad = spec.model_copy(update={"grid": {**spec.grid, "method": ["mi-ti-dj"]}})
     with pytest.raises(ConfigError, match="mi-ti-dj|dj"):
@@ -248,6 +248,57 @@ def test_cell_settings_merge_preset_overrides_and_grid_values():
         "clean_acc_before": 0.6, "asr_before": 0.9, "clean_acc": 0.58, "asr": 0.02}}])
     assert header[1:3] == ["D-BR ACC before", "D-BR ASR before"]
     assert body[[r[0] for r in body].index("SIG")][1:5] == ["0.600", "0.900", "0.580", "0.020"]
+
+
+def test_the_paper_layout_groups_defenses_with_der_paper_values_and_an_average(tmp_path):
+    """table 2's cpu-full layout: attacks given with their settings as grid values, ACC / ASR per defense in percent
+    with the paper's value beside ours, BackdoorBench's DER against the row's no-defense cell, an Avg row."""
+    from advml.bench.spec import value_word
+
+    t2 = load_spec(SEED / "table2_defense.yaml")
+    cells = t2.cells("cpu-full")
+    assert "attack.name" not in cells[0].params and len(cells) == 60  # the spec's key removed by the preset
+    assert value_word({"name": "badnets", "mode": "all2all"}) == "badnets(mode=all2all)"
+    assert value_word({"name": "sig"}) == value_word("sig") == "sig"
+    by = {(value_word(c.params["attack"]), c.params["defense.name"]): c for c in cells}
+    assert by["sig", "none"].settings(t2, "cpu-full")["attack"] == {"name": "sig", "rate": 1.0}
+    assert by["wanet", "d-br"].settings(t2, "cpu-full")["train"]["rotation"] == 10
+    assert "train" not in by["trojan", "d-br"].settings(t2, "cpu-full")
+    assert len({c.id for c in cells}) == 60 and by["badnets(mode=all2all)", "none"].id.startswith(
+        "none_badnets-mode-all2all-")
+    metrics = {("badnets(pattern=ebd_grid)", "none"): (0.90, 1.00), ("badnets(pattern=ebd_grid)", "d-br"): (0.88, 0.01),
+               ("badnets(mode=all2all)", "none"): (0.92, 0.80), ("badnets(mode=all2all)", "d-br"): (0.93, 0.90),
+               ("wanet", "none"): (0.91, 0.95)}
+    rows = [{"params": by[k].params, "metrics": {"clean_acc": a, "asr": r}} for k, (a, r) in metrics.items()]
+    header, body = build_table(t2, "cpu-full", rows)
+    assert header[:6] == ["attack", "No defense ACC", "No defense ASR", "D-BR ACC", "D-BR ASR", "D-BR DER"]
+    line = {r[0]: r for r in body}
+    # DER = [max(0, 1.00 - 0.01) - max(0, 0.90 - 0.88) + 1] / 2 = 0.985; all2all: ASR up, ACC up -> 0.5
+    assert line["BadNets all2one"][1:6] == ["90.0 (91.6)", "100.0 (100.0)", "88.0 (92.8)", "1.00 (0.40)", "98.5"]
+    assert line["BadNets all2all"][3:6] == ["93.0 (92.6)", "90.0 (0.56)", "50.0"]
+    assert line["WaNet"][1:4] == ["91.0", "95.0", MISSING] and line["Trojan"][1] == f"{MISSING} (91.9)"
+    avg = body[-1]
+    assert avg[0] == "Avg (7 rows)" and avg[1] == f"{MISSING} (92.5)" and body[-2][0] == "Low-frequency"
+    # the paper's D-ST average over its seven attacks: 91.66 / 1.21
+    assert avg[header.index("D-ST ACC")] == f"{MISSING} (91.7)" and avg[header.index("D-ST ASR")] == f"{MISSING} (1.21)"
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.set_meta("spec", t2.model_dump(mode="json"))
+    store.set_meta("preset", "cpu-full")
+    for r in rows:
+        c = next(c for c in cells if c.params == r["params"])
+        store.add(c.id, c.params, {}, r["metrics"], 1.0, {}, "0.1.0+abc")
+    store.close()
+    md = render_report(tmp_path)[0].read_text()
+    assert "A cell reads: ours (the paper's)" in md and "DER = [max(0, ASR drop)" in md
+    assert "Avg: the mean over BadNets all2one, BadNets all2all, Trojan, Blend-Strip, Blend-Kitty, SIG, CL." in md
+    with pytest.raises(ConfigError):
+        load_spec_text(tmp_path, "table: {rows: [attack], values: {asr: ASR}, der: {}}")
+
+
+def load_spec_text(tmp_path, table: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nkind: backdoor\ngrid: {{attack.name: [badnets]}}\npresets: {{smoke: {{}}}}\n{table}\n")
+    return load_spec(path)
 
 
 @pytest.mark.slow

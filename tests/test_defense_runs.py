@@ -9,6 +9,7 @@ from helpers.guards import TINY, guard_defenses
 from typer.testing import CliRunner
 
 from advml.cli import app
+from advml.errors import ConfigError
 from advml.run import load_settings, run_backdoor
 
 TINY_SD = {"warmup_epochs": 1, "finetune_epochs": 1}
@@ -72,3 +73,18 @@ def test_preset_resolves_per_defense_settings() -> None:
     assert s.defense["encoder"]["epochs"] == 200 and s.defense["sd"]["finetune_epochs"] == 10
     s = load_settings(None, {"defense": {"name": "d-br", "epochs": 3}}, preset="defense_paper")
     assert s.defense["epochs"] == 3 and s.defense["lr"] == 0.0001
+
+
+def test_a_preset_extends_another_one_home_for_a_recipe(monkeypatch, tmp_path) -> None:
+    """defense_cpu_full takes cifar_fast's airnet recipe (`extends`) and adds the defenses' settings over it."""
+    import advml.run as run
+
+    fast = load_settings(None, {}, preset="cifar_fast")
+    full = load_settings(None, {"defense": {"name": "d-st"}}, preset="defense_cpu_full")
+    assert full.model == fast.model == "airnet" and full.train == fast.train and full.train_size is None
+    assert full.defense["sd"]["model"] == "resnet18_narrow" and full.defense["encoder"]["model"] == "resnet18_narrow"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("# a preset that extends itself\nextends: loop\n")
+    monkeypatch.setitem(run.PRESETS._items, "loop", loop)
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_settings(None, {}, preset="loop")

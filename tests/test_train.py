@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from advml.data.batches import standard_augment
+from advml.data.batches import random_rotate, standard_augment
 from advml.errors import ConfigError
 from advml.models import build_model
 from advml.train import Batch, TrainConfig, Trainer
@@ -21,6 +21,25 @@ def test_augment_is_a_padded_crop_with_optional_flip():
                   and not any(torch.equal(out[i], padded[i, :, r:r + 8, c:c + 8]) for r in range(5) for c in range(5))
                   for i in range(64))
     assert 15 < flipped < 49  # about half are mirrored
+
+
+def test_rotation_equals_torchvisions_rotate_per_image():
+    """`train.rotation` (BackdoorBench's WaNet recipe: 10 degrees) rotates each image as torchvision's
+    RandomRotation does (nearest, zero fill), the angle drawn from the trainer's generator."""
+    import torchvision.transforms.functional as TF
+
+    x = torch.rand(6, 3, 32, 32)
+    out = random_rotate(x, 10.0, torch.Generator().manual_seed(3))
+    angles = (torch.rand(6, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 10.0
+    assert angles.abs().max() > 1 and angles.abs().max() <= 10
+    for img, o, a in zip(x, out, angles):
+        assert torch.equal(TF.rotate(img, float(a)), o)
+    half = random_rotate(x, 10.0, torch.Generator().manual_seed(3), draws=12, offset=6)  # a DDP rank's share
+    assert half.shape == x.shape and not torch.equal(half, out)
+    cl = random_rotate(x.contiguous(memory_format=torch.channels_last), 10.0, torch.Generator().manual_seed(3))
+    assert torch.equal(cl, out) and cl.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match="rotation"):
+        TrainConfig(rotation=200)
 
 
 def test_lr_schedules():

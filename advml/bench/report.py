@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from advml.bench.spec import BenchSpec, Table
+from advml.bench.spec import BenchSpec, Table, value_word
 from advml.bench.store import ResultStore
 from advml.config import dump_yaml, validate
 from advml.errors import ConfigError, DataError
@@ -27,16 +27,18 @@ def _lookup(metrics: dict[str, Any], path: str) -> Any:
     return node
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, percent: bool = False) -> str:
     if v is None:
         return ABSENT
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
+    if percent:
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
 
 
-def _label(params: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
-    return tuple(params.get(k) for k in keys)
+def _label(params: dict[str, Any], keys: list[str]) -> tuple[str | None, ...]:
+    return tuple(None if params.get(k) is None else value_word(params[k]) for k in keys)
 
 
 def _shown(spec: BenchSpec, keys: list[str], values: tuple[Any, ...]) -> list[str]:
@@ -44,39 +46,89 @@ def _shown(spec: BenchSpec, keys: list[str], values: tuple[Any, ...]) -> list[st
     return [spec.label(k, v) for k, v in zip(keys, values)]
 
 
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _der(before: dict[str, Any] | None, after: dict[str, Any] | None, acc: str, asr: str) -> float | None:
+    """[max(0, ASR drop) - max(0, ACC drop) + 1] / 2 from two cells' metrics; None when a value is missing."""
+    if before is None or after is None:
+        return None
+    values = [_number(_lookup(m, p)) for m in (before, after) for p in (acc, asr)]
+    if any(v is None for v in values):
+        return None
+    acc_b, asr_b, acc_a, asr_a = values
+    return (max(0.0, asr_b - asr_a) - max(0.0, acc_b - acc_a) + 1) / 2  # type: ignore[operator]
+
+
 def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """The table of the spec's layout: (header, body); every grid row/column combination appears once."""
+    """The table of the spec's layout: (header, body); every grid row/column combination appears once, then the
+    Avg row if the layout asks for it. A cell reads 'ours (paper)' where the spec gives the paper's value."""
     t: Table = spec.table_at(preset)
     cells = spec.cells(preset)
+    originals: dict[tuple[str | None, ...], tuple[Any, ...]] = {}
+    for c in cells:
+        for keys in (t.rows, t.columns):
+            originals.setdefault(_label(c.params, keys), tuple(c.params.get(k) for k in keys))
     row_keys = list(dict.fromkeys(_label(c.params, t.rows) for c in cells))
     col_keys = list(dict.fromkeys(_label(c.params, t.columns) for c in cells))
     by_label = {(_label(r["params"], t.rows), _label(r["params"], t.columns)): r["metrics"] for r in rows}
+    base = _label({k: value_word(v) for k, v in t.der.base.items()}, t.columns) if t.der else None
     # '.*' paths expand to the union of the keys found in that column's finished cells
-    columns: list[tuple[tuple[Any, ...], str, str]] = []  # (column key, metric path, label)
+    columns: list[tuple[tuple[Any, ...], str, str]] = []  # (column key, metric path or "DER", label)
     for ck in col_keys:
         for path, label in t.values.items():
             if path.endswith(".*"):
-                base = path[:-2]
+                prefix = path[:-2]
                 keys: dict[str, None] = {}
                 for rk in row_keys:
-                    found = _lookup(by_label.get((rk, ck), {}), base)
+                    found = _lookup(by_label.get((rk, ck), {}), prefix)
                     keys.update(dict.fromkeys(found if isinstance(found, dict) else []))
                 models = spec.models_at(preset)
                 if models:  # keep the zoo's order
                     keys = dict.fromkeys([m for m in models if m in keys] + list(keys))
-                columns += [(ck, f"{base}.{k}", k) for k in keys]
+                columns += [(ck, f"{prefix}.{k}", k) for k in keys]
             else:
                 columns.append((ck, path, label))
+        if t.der is not None and ck != base:
+            columns.append((ck, "DER", "DER"))
+    scale = 100.0 if t.percent else 1.0
     header = [" / ".join(spec.label(k) for k in t.rows)]
-    header += [" ".join([*_shown(spec, t.columns, ck), label]).strip() for ck, _, label in columns]
-    body = []
+    header += [" ".join([*_shown(spec, t.columns, originals.get(ck, ck)), label]).strip() for ck, _, label in columns]
+    values: list[list[tuple[Any, float | None]]] = []  # per row and column: (ours, the paper's)
     for rk in row_keys:
-        line = [" / ".join(_shown(spec, t.rows, rk))]
+        line: list[tuple[Any, float | None]] = []
         for ck, path, _ in columns:
             metrics = by_label.get((rk, ck))
-            line.append(MISSING if metrics is None else _fmt(_lookup(metrics, path)))
-        body.append(line)
+            if path == "DER":
+                assert t.der is not None
+                ours: Any = _der(by_label.get((rk, base)), metrics, t.der.acc, t.der.asr) if metrics else MISSING
+            else:
+                ours = MISSING if metrics is None else _lookup(metrics, path)
+            paper = t.paper.get(" / ".join(str(w) for w in rk), {}).get(" / ".join(str(w) for w in ck), {})
+            line.append((ours, _number(paper.get(path))))
+        values.append(line)
+    body = [[" / ".join(_shown(spec, t.rows, originals.get(rk, rk)))] +
+            [_cell(ours, paper, scale) for ours, paper in line] for rk, line in zip(row_keys, values)]
+    words = [" / ".join(str(w) for w in rk) for rk in row_keys]
+    averaged = [line for w, line in zip(words, values) if t.average is True or w in t.average]
+    if t.average and averaged:
+        avg = ["Avg" if len(averaged) == len(values) else f"Avg ({len(averaged)} rows)"]
+        for j in range(len(columns)):
+            ours_all = [_number(line[j][0]) for line in averaged]
+            papers = [line[j][1] for line in averaged]
+            mean = sum(ours_all) / len(ours_all) if all(v is not None for v in ours_all) else MISSING  # type: ignore
+            paper_mean = sum(papers) / len(papers) if all(p is not None for p in papers) else None  # type: ignore
+            avg.append(_cell(mean, paper_mean, scale))
+        body.append(avg)
     return header, body
+
+
+def _cell(ours: Any, paper: float | None, scale: float) -> str:
+    """One table cell: our value (in the table's unit), then the paper's in parentheses where it is known."""
+    v = _number(ours)
+    text = _fmt(v * scale if v is not None and scale != 1.0 else ours, percent=scale != 1.0)
+    return f"{text} ({_fmt(paper, percent=True)})" if paper is not None else text
 
 
 def paired_table(rows: list[dict[str, Any]], order: list[str] | None = None,
@@ -134,6 +186,22 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
     return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
+def table_note(t: Table, spec: BenchSpec | None = None) -> str:
+    """What the table's units, paper values, DER and Avg mean (empty for a plain table)."""
+    parts = []
+    if t.percent:
+        parts.append("Values in percent.")
+    if t.paper:
+        parts.append(f"A cell reads: ours (the paper's). The paper's values: {' '.join(t.paper_source.split())}.")
+    if t.der is not None:
+        parts.append("DER = [max(0, ASR drop) - max(0, ACC drop) + 1] / 2 against the row's no-defense cell "
+                     "(BackdoorBench's defense effectiveness rating; higher is better).")
+    if isinstance(t.average, list):
+        shown = [spec.label(t.rows[0], w) if spec is not None and len(t.rows) == 1 else w for w in t.average]
+        parts.append(f"Avg: the mean over {', '.join(shown)}.")
+    return " ".join(parts)
+
+
 def version_warning(rows: list[dict[str, Any]]) -> str | None:
     """A warning when the finished cells ran different code (or uncommitted code), else None."""
     counts: dict[str, int] = {}
@@ -185,6 +253,9 @@ def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Pa
     warning = version_warning(rows)
     md = f"# {title}\n\n{done}\n\n" + (f"> **Warning:** {warning}.\n\n" if warning else "")
     md += _markdown(spec.name, header, body)
+    note = table_note(spec.table_at(preset), spec)
+    if note:
+        md += f"\n{note}\n"
     paired = paired_table(rows, spec.models_at(preset), spec)
     paired_html = ""
     if paired:
@@ -205,7 +276,7 @@ td,th{{border:1px solid #999;padding:3px 8px;text-align:right}} td:first-child,t
 figure{{display:inline-block;margin:8px}} img{{max-width:420px}}
 .warning{{background:#fff3cd;border:1px solid #d39e00;padding:6px 10px}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(done)}</p>{warning_html}
-<h2>{html.escape(spec.name)}</h2>{_html_table(header, body)}{paired_html}
+<h2>{html.escape(spec.name)}</h2>{_html_table(header, body)}{f"<p>{html.escape(note)}</p>" if note else ""}{paired_html}
 <h2>Figures</h2><div class="figures">{imgs or "<p>none</p>"}</div></body></html>
 """
     md_path, html_path = folder / "report.md", folder / "report.html"

@@ -25,6 +25,24 @@ def plain_name(name: str, what: str) -> str:
     return name
 
 
+def value_word(value: Any) -> str:
+    """A grid value as one word (cell ids, labels, overrides, paper values): itself, or for a mapping such as an
+    attack with its settings, 'name(key=value,...)' ({name: badnets, mode: all2all} -> 'badnets(mode=all2all)')."""
+    if isinstance(value, dict):
+        rest = ",".join(f"{k}={v}" for k, v in value.items() if k != "name")
+        return f"{value.get('name', '')}({rest})" if rest else str(value.get("name", ""))
+    return str(value)
+
+
+class Der(Settings):
+    """BackdoorBench's defense effectiveness rating against a row's no-defense cell: DER = [max(0, ASR_before -
+    ASR) - max(0, ACC_before - ACC) + 1] / 2, in [0, 1], higher is better (Zhu et al., ICCV 2023, eq. 7)."""
+
+    base: dict[str, Any] = Field(description="the column of the no-defense cells, e.g. {defense.name: none}")
+    acc: str = "clean_acc"
+    asr: str = "asr"
+
+
 class Table(Settings):
     """How cells become a table: row and column keys (grid keys) and the metrics shown in each cell."""
 
@@ -34,6 +52,15 @@ class Table(Settings):
                                                "every key of that metric mapping")
     figures: list[str] = Field(default_factory=list, description="PNG files of a cell folder to show (plain file "
                                                                   "names: no folders, no '..')")
+    percent: bool = Field(False, description="show the values (and DER) in percent, as the papers do")
+    average: bool | list[str] = Field(False, description="an Avg row: each column's mean over every row, or over "
+                                                         "the rows of these words (e.g. the paper's attacks)")
+    der: Der | None = Field(None, description="a DER column after each defense's values")
+    paper: dict[str, dict[str, dict[str, float]]] = Field(
+        default_factory=dict, description="the paper's values, shown beside ours: row word -> column word -> metric "
+                                          "path -> value in the table's unit (words: see value_word; ' / ' joins "
+                                          "several keys)")
+    paper_source: str = Field("", description="where the paper's values come from (shown under the table)")
 
     @field_validator("figures")
     @classmethod
@@ -50,7 +77,8 @@ class Scale(Settings):
     settings: dict[str, Any] = Field(default_factory=dict, description="run settings shared by every cell")
     cpus: float = Field(1, gt=0, description="CPUs a cell requests from Ray")
     gpus: float = Field(0, ge=0, description="GPUs a cell requests from Ray")
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="grid keys replaced at this scale")
+    grid: dict[str, list[Any] | None] = Field(default_factory=dict, description="grid keys replaced at this scale "
+                                              "(null removes a key of the spec's grid)")
     models: list[str] | None = Field(None, description="transfer: the zoo at this scale (default: the spec's)")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="'key=value' -> settings for "
                                                  "the cells with that grid value, e.g. 'attack.name=badnets'")
@@ -100,7 +128,7 @@ class BenchSpec(Settings):
 
     def cells(self, preset: str) -> list[Cell]:
         """Every combination of the grid's values at `preset`, in grid order."""
-        grid = {**self.grid, **self.scale(preset).grid}
+        grid = {k: v for k, v in {**self.grid, **self.scale(preset).grid}.items() if v is not None}
         if any(not values for values in grid.values()):
             raise ConfigError(f"preset {preset!r} leaves a grid key without values")
         keys = list(grid)
@@ -118,11 +146,15 @@ class BenchSpec(Settings):
         """The display name of a grid key (value None) or of one of its values."""
         if value is None:
             return self.labels.get(key) or (key[:-5] if key.endswith(".name") else key)
-        if f"{key}={value}" in self.labels:
-            return self.labels[f"{key}={value}"]
+        word = value_word(value)
+        if f"{key}={word}" in self.labels:
+            return self.labels[f"{key}={word}"]
         registry = _registry_of(key)
-        return registry.title(value) if registry is not None and isinstance(value, str) and value in registry \
-            else str(value)
+        name = value.get("name") if isinstance(value, dict) else value
+        if registry is None or not isinstance(name, str) or name not in registry:
+            return word
+        rest = word[len(name) + 1:-1] if word != name else ""
+        return registry.title(name) + (f" ({rest})" if rest else "")
 
     def table_at(self, preset: str) -> Table:
         """The table layout at `preset`."""
@@ -135,11 +167,11 @@ class BenchSpec(Settings):
 
 def _registry_of(key: str) -> Any:
     """The registry whose names a grid key takes (attack.name -> the attacks), for their display names."""
-    if key == "attack.name":
+    if key in ("attack.name", "attack"):
         from advml.backdoor.attacks import ATTACKS
 
         return ATTACKS
-    if key == "defense.name":
+    if key in ("defense.name", "defense"):
         from advml.backdoor.defenses import DEFENSES
 
         return DEFENSES
@@ -163,7 +195,7 @@ class Cell:
     @property
     def id(self) -> str:
         """A readable, filesystem-safe, unique name: values joined, plus a short hash of the parameters."""
-        words = "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", str(v)) for v in self.params.values())
+        words = "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", value_word(v)) for v in self.params.values())
         digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:6]
         return f"{words}-{digest}"
 
@@ -183,7 +215,7 @@ class Cell:
         scale = spec.scale(preset)
         data = dict(scale.settings)
         for key, value in self.params.items():
-            data = deep_merge(data, scale.overrides.get(f"{key}={value}", {}))
+            data = deep_merge(data, scale.overrides.get(f"{key}={value_word(value)}", {}))
         data = deep_merge(data, self.overrides())
         models = spec.models_at(preset)
         if spec.kind == "transfer" and models is not None and "targets" not in self.params:

@@ -125,7 +125,9 @@ class ResultStore:
                    "code_version": version, "finished_at": stamp}
             scalar = (str, int, float, bool, type(None))
             ok = (isinstance(cid, str) and isinstance(row["params"], dict)
-                  and all(isinstance(v, scalar) for v in row["params"].values())
+                  and all(isinstance(v, scalar) or (isinstance(v, dict) and all(  # a grid value with settings
+                      isinstance(k, str) and isinstance(x, scalar) for k, x in v.items()))
+                      for v in row["params"].values())
                   and isinstance(row["config"], dict) and isinstance(row["metrics"], dict)
                   and (seconds is None or (isinstance(seconds, (int, float)) and math.isfinite(seconds)))
                   and isinstance(version, str) and isinstance(stamp, str))

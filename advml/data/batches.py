@@ -51,6 +51,24 @@ def standard_augment(x: Tensor, generator: torch.Generator, padding: int = 4, *,
     return out if channels_last else out.contiguous()
 
 
+def random_rotate(x: Tensor, degrees: float, generator: torch.Generator, *, draws: int | None = None,
+                  offset: int = 0) -> Tensor:
+    """Per-image rotation by a uniform angle in [-degrees, degrees] about the centre, nearest sampling and zero fill
+    (torchvision's RandomRotation defaults), for a whole batch at once; `draws`/`offset` as `standard_augment`."""
+    n = x.shape[0]
+    total = draws if draws is not None else n
+    angle = ((torch.rand(total, generator=generator) * 2 - 1) * degrees)[offset:offset + n]
+    theta = torch.deg2rad(angle).to(x.device, torch.float32)
+    cos, sin, zero = theta.cos(), theta.sin(), torch.zeros_like(theta)
+    # affine_grid maps output to input coordinates; with square images normalised coordinates keep angles
+    h, w = x.shape[-2:]
+    matrix = torch.stack([torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1)
+    grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).to(x.dtype)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
 class BatchView(torch.utils.data.Dataset):
     """Lets a DataLoader fetch whole batches (one list of indices per item) from an ImageDataset."""
 

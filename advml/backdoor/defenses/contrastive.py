@@ -80,6 +80,7 @@ def crop_flip_augment(image_size: tuple[int, int], padding: int = 4) -> nn.Seque
 class ContrastiveSettings(Settings):
     """Encoder training (SupContrast defaults as D-ST uses them; `epochs` 200 at paper scale)."""
 
+    model: str | None = Field(None, description="architecture of the encoder (a registry name); None: the run's")
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(512, ge=2)
     lr: float = Field(0.5, gt=0)
@@ -94,6 +95,12 @@ class ContrastiveSettings(Settings):
     anchor_views: Literal["both", "first"] = Field("both", description="which view's samples anchor the loss: "
                                                    "both (SupContrast), first (DBD's SimCLRLoss)")
     blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur view (DBD: 0.5)")
+
+    def model_post_init(self, _: Any) -> None:
+        if self.model is not None:
+            from advml.models import MODELS
+
+            MODELS.get(self.model)  # an unknown name fails here, with the closest registered name
 
 
 class ProbeSettings(Settings):

@@ -68,8 +68,8 @@ class DST(Defense):
         supervised = torch.zeros(len(train), dtype=torch.bool)
         supervised[split.clean] = True
         with compute.stage("encoder", epochs=s.encoder.epochs, images=n, forward_images=2 * s.encoder.epochs * n):
-            model = train_encoder(ctx.new_model(), train, s.encoder, supervised=supervised, use_labels=True,
-                                  seed=ctx.seed, device=ctx.device, amp=ctx.amp, progress=ctx.progress,
+            model = train_encoder(ctx.new_model(s.encoder.model), train, s.encoder, supervised=supervised,
+                                  use_labels=True, seed=ctx.seed, device=ctx.device, amp=ctx.amp, progress=ctx.progress,
                                   checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
         held = hold_out(train, split, s, ctx.seed)
         if held.clean.numel() == 0:
@@ -101,9 +101,9 @@ class Baseline1(Defense):
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         s = self.settings
-        model = train_encoder(ctx.new_model(), train, s.encoder, supervised=None, use_labels=self.use_labels,
-                              seed=ctx.seed, device=ctx.device, amp=ctx.amp, progress=ctx.progress,
-                              checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
+        model = train_encoder(ctx.new_model(s.encoder.model), train, s.encoder, supervised=None,
+                              use_labels=self.use_labels, seed=ctx.seed, device=ctx.device, amp=ctx.amp,
+                              progress=ctx.progress, checkpoint_dir=ctx.stage_dir("encoder"), resume=ctx.resume)
         history = train_probe(model, train, s.classifier, cross_entropy, seed=ctx.seed, device=ctx.device, amp=ctx.amp,
                               progress=ctx.progress, checkpoint_dir=ctx.stage_dir("classifier"), resume=ctx.resume)
         return DefenseResult(model, report={"history": history})
