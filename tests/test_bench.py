@@ -295,6 +295,18 @@ def test_the_paper_layout_groups_defenses_with_der_paper_values_and_an_average(t
         load_spec_text(tmp_path, "table: {rows: [attack], values: {asr: ASR}, der: {}}")
 
 
+def test_a_table_averaged_over_seeds_shows_mean_and_sd_once_every_seed_finished():
+    t1 = load_spec(SEED / "table1_issba.yaml")
+    cells = t1.cells("cpu-full")
+    assert len(cells) == 12 and {c.params["seed"] for c in cells} == {0, 1, 2}
+    rows = [{"params": c.params, "metrics": {"clean_acc": 0.90 + 0.01 * c.params["seed"], "asr": 0.5, "psnr": None}}
+            for c in cells if (c.params["attack.name"], c.params["seed"]) != ("issba", 2)]
+    header, body = build_table(t1, "cpu-full", rows)
+    line = {r[0]: r for r in body}
+    assert line["BadNets"][1:4] == ["0.910 ± 0.010", "0.500 ± 0.000", "—"]
+    assert line["ISSBA"][1] == MISSING  # two of its three seeds: no mean yet
+
+
 def load_spec_text(tmp_path, table: str):
     path = tmp_path / "s.yaml"
     path.write_text(f"name: s\nkind: backdoor\ngrid: {{attack.name: [badnets]}}\npresets: {{smoke: {{}}}}\n{table}\n")

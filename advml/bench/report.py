@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import html
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,37 @@ def _shown(spec: BenchSpec, keys: list[str], values: tuple[Any, ...]) -> list[st
     return [spec.label(k, v) for k, v in zip(keys, values)]
 
 
+@dataclass(frozen=True)
+class Spread:
+    """A metric over the cells a table averages (`mean_over`, e.g. seeds): mean, sample standard deviation, count."""
+
+    mean: float
+    sd: float
+    n: int
+
+
 def _number(v: Any) -> float | None:
+    if isinstance(v, Spread):
+        return v.mean
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _merge(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cells' metrics as one: numbers become their Spread, mappings are merged key by key, anything else is the
+    first cell's."""
+    if len(group) == 1:
+        return group[0]
+    out: dict[str, Any] = {}
+    for key, first in group[0].items():
+        found = [m.get(key) for m in group]
+        numbers = [_number(v) for v in found]
+        if all(v is not None for v in numbers):
+            out[key] = Spread(statistics.fmean(numbers), statistics.stdev(numbers), len(numbers))  # type: ignore
+        elif all(isinstance(v, dict) for v in found):
+            out[key] = _merge(found)  # type: ignore[arg-type]
+        else:
+            out[key] = first
+    return out
 
 
 def _der(before: dict[str, Any] | None, after: dict[str, Any] | None, acc: str, asr: str) -> float | None:
@@ -72,7 +103,16 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
             originals.setdefault(_label(c.params, keys), tuple(c.params.get(k) for k in keys))
     row_keys = list(dict.fromkeys(_label(c.params, t.rows) for c in cells))
     col_keys = list(dict.fromkeys(_label(c.params, t.columns) for c in cells))
-    by_label = {(_label(r["params"], t.rows), _label(r["params"], t.columns)): r["metrics"] for r in rows}
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((_label(r["params"], t.rows), _label(r["params"], t.columns)), []).append(r["metrics"])
+    expected: dict[tuple[Any, Any], int] = {}
+    for c in cells:
+        k = (_label(c.params, t.rows), _label(c.params, t.columns))
+        expected[k] = expected.get(k, 0) + 1
+    # a table that averages cells (over seeds, say) shows a mean only when every cell of it has finished
+    by_label = {k: _merge(g) if t.mean_over else g[-1] for k, g in groups.items()
+                if not t.mean_over or len(g) >= expected.get(k, 1)}
     base = _label({k: value_word(v) for k, v in t.der.base.items()}, t.columns) if t.der else None
     # '.*' paths expand to the union of the keys found in that column's finished cells
     columns: list[tuple[tuple[Any, ...], str, str]] = []  # (column key, metric path or "DER", label)
@@ -111,7 +151,8 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
     body = [[" / ".join(_shown(spec, t.rows, originals.get(rk, rk)))] +
             [_cell(ours, paper, scale) for ours, paper in line] for rk, line in zip(row_keys, values)]
     words = [" / ".join(str(w) for w in rk) for rk in row_keys]
-    averaged = [line for w, line in zip(words, values) if t.average is True or w in t.average]
+    averaged = [line for w, line in zip(words, values)
+                if t.average is True or (isinstance(t.average, list) and w in t.average)]
     if t.average and averaged:
         avg = ["Avg" if len(averaged) == len(values) else f"Avg ({len(averaged)} rows)"]
         for j in range(len(columns)):
@@ -127,7 +168,9 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
 def _cell(ours: Any, paper: float | None, scale: float) -> str:
     """One table cell: our value (in the table's unit), then the paper's in parentheses where it is known."""
     v = _number(ours)
-    text = _fmt(v * scale if v is not None and scale != 1.0 else ours, percent=scale != 1.0)
+    text = _fmt(v * scale if v is not None else ours, percent=scale != 1.0)
+    if isinstance(ours, Spread):
+        text += f" ± {_fmt(ours.sd * scale, percent=scale != 1.0)}"
     return f"{text} ({_fmt(paper, percent=True)})" if paper is not None else text
 
 
@@ -196,6 +239,9 @@ def table_note(t: Table, spec: BenchSpec | None = None) -> str:
     if t.der is not None:
         parts.append("DER = [max(0, ASR drop) - max(0, ACC drop) + 1] / 2 against the row's no-defense cell "
                      "(BackdoorBench's defense effectiveness rating; higher is better).")
+    if t.mean_over:
+        parts.append(f"Each cell: mean ± sample standard deviation over {', '.join(t.mean_over)} (shown when all "
+                     f"of its cells have finished).")
     if isinstance(t.average, list):
         shown = [spec.label(t.rows[0], w) if spec is not None and len(t.rows) == 1 else w for w in t.average]
         parts.append(f"Avg: the mean over {', '.join(shown)}.")

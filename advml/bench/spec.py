@@ -52,6 +52,8 @@ class Table(Settings):
                                                "every key of that metric mapping")
     figures: list[str] = Field(default_factory=list, description="PNG files of a cell folder to show (plain file "
                                                                   "names: no folders, no '..')")
+    mean_over: list[str] = Field(default_factory=list, description="grid keys averaged away (e.g. [seed]): a cell "
+                                 "shows mean ± sd over them")
     percent: bool = Field(False, description="show the values (and DER) in percent, as the papers do")
     average: bool | list[str] = Field(False, description="an Avg row: each column's mean over every row, or over "
                                                          "the rows of these words (e.g. the paper's attacks)")
