@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
+from advml import model_cache
 from advml.backdoor.attacks import build_attack
 from advml.backdoor.defenses.sd import SDSettings, Split, fct_histogram
 from advml.config import Seed, Settings, deep_merge, dump_yaml, load_yaml, validate
@@ -24,6 +25,7 @@ from advml.provenance import file_sha256, refuse_mismatch, train_key
 from advml.registry import Registry
 from advml.train import TrainConfig, Trainer
 from advml.utils.io import save_tensors, write_json, write_text_atomic
+from advml.utils.precision import resolve_precision, set_precision
 from advml.utils.rundir import RunFolder, open_run
 from advml.utils.runtime import resolve_device, seed_everything
 
@@ -52,6 +54,9 @@ class BackdoorRunSettings(Settings):
                                     description="a defense name, or {name: ..., settings}")
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: Seed = 0
+    reuse_backdoored: bool = Field(False, description="cache the backdoored model and reuse it in any run of the "
+                                   "same data, attack, model, training and seed (e.g. a table's no-defense and D-BR "
+                                   "cells); keyed and checked by their fingerprint ($ADVML_CACHE_DIR/backdoored)")
 
     @field_validator("model")
     @classmethod
@@ -149,7 +154,8 @@ def comparable(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if isinstance(data.get("train"), dict):
         data["train"] = train_key(data["train"])
-    return {k: v for k, v in data.items() if k not in {"progress", "device", "data_dir", "download"}}
+    return {k: v for k, v in data.items() if k not in {"progress", "device", "data_dir", "download",
+                                                       "reuse_backdoored"}}
 
 
 def check_resumed_config(out: Path, model: type[Settings], settings: Settings, name: str = "config.yaml",
@@ -214,6 +220,14 @@ def _model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = Tru
     return new
 
 
+def _backdoored_key(settings: BackdoorRunSettings, data: Any, model: torch.nn.Module) -> dict[str, Any]:
+    """What a backdoored model depends on: the run's fingerprint without its defense, with the precision its
+    training settings resolve to here."""
+    key = {k: v for k, v in run_fingerprint(settings, data).items() if k != "defense"}
+    precision = resolve_precision(settings.train.amp, resolve_device(settings.train.device), model)
+    return {**key, "precision": precision.dtype}
+
+
 def _split_outputs(out: Path, split: Split, poisoned: Any, name: str, score: str | None = None) -> dict[str, Any]:
     """Save the split and the score histogram (FCT's, or a detector's `score`); the detection metrics against the
     true poison flags."""
@@ -254,19 +268,33 @@ def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: b
     metrics: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     backdoored = None
+    cached: dict[str, Any] | None = None
     timing: dict[str, Any] = {}
     if defense.needs_backdoored_model:
         torch.manual_seed(settings.seed)
         backdoored = new_model()
-        log.info("advml: training %s on %d images (%d poisoned by %s), %d epochs", settings.model, len(poisoned),
-                 int(poisoned.poison_flags.sum()), attack.name, settings.train.epochs)
-        trainer = Trainer(backdoored, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
-        history = trainer.fit(poisoned, evals, resume=resume)
-        timing = {"precision": trainer.precision.describe(), "train": _throughput(trainer.timing)}
-        final = history[-1]
-        if resume:  # the weights may come from a checkpoint: measure them, never repeat what it recorded
-            final = {name: accuracy(backdoored, d, batch_size=settings.train.eval_batch_size)
+        key = _backdoored_key(settings, data, backdoored) if settings.reuse_backdoored else None
+        cached = model_cache.load(backdoored, key) if key is not None else None
+        if cached is not None:
+            log.info("advml: the backdoored %s from the cache (%s)", settings.model, cached["folder"])
+            set_precision(backdoored, resolve_precision(settings.train.amp, resolve_device(settings.train.device),
+                                                        backdoored))
+            history = cached["history"]
+            timing = {**cached["timing"], "reused": cached["folder"]}
+        else:
+            log.info("advml: training %s on %d images (%d poisoned by %s), %d epochs", settings.model, len(poisoned),
+                     int(poisoned.poison_flags.sum()), attack.name, settings.train.epochs)
+            trainer = Trainer(backdoored, settings.train, seed=settings.seed, checkpoint_dir=out / "checkpoints")
+            history = trainer.fit(poisoned, evals, resume=resume)
+            timing = {"precision": trainer.precision.describe(), "train": _throughput(trainer.timing)}
+            if key is not None:
+                model_cache.store(backdoored, key, history, timing)
+        final = history[-1] if history else {}
+        if resume or cached is not None:  # weights from a checkpoint or the cache: measure them, never repeat
+            final = {name: accuracy(backdoored, d, batch_size=settings.train.eval_batch_size)  # what was recorded
                      for name, d in evals.items()}
+    if cached is not None:
+        metrics["backdoored_from_cache"] = cached["folder"]
     model = backdoored
     if defense.name != "none":
         if backdoored is not None:

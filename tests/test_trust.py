@@ -526,3 +526,45 @@ def test_a_defense_stage_counts_the_seconds_of_every_process_that_ran_it(tmp_pat
     assert saved[0]["stages"]["defense.encoder"] >= 40.05 and saved[0]["seconds"] >= 100.05
     assert scope.progress()["stages"]["defense.encoder"] == pytest.approx(log.stages["encoder"]["seconds"], abs=1e-3)
     assert ComputeLog().report()["seconds"] == 0  # outside a run: this process's time only
+
+
+def test_a_reused_backdoored_model_is_the_one_its_fingerprint_names(tmp_path, monkeypatch):
+    """`reuse_backdoored`: the no-defense run trains and caches the backdoored model; a D-BR run of the same data,
+    attack, model, training and seed loads it (and measures it again) instead of training; any other setting is
+    another entry; an entry planted under another fingerprint is refused."""
+    import shutil as sh
+
+    from advml import model_cache
+    from advml.errors import DataError
+    from advml.run import load_settings, run_backdoor
+
+    monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = {"dataset": "sample", "train_size": 300, "test_size": 100, "model": "cnn_small", "reuse_backdoored": True,
+            "train": {"epochs": 1, "progress": False, "augment": "none"}}
+    sd = {"warmup_epochs": 1, "finetune_epochs": 0}
+    first = run_backdoor(load_settings(None, {**tiny, "defense": "none"}), tmp_path / "none").metrics
+    entries = list((tmp_path / "cache" / "backdoored" / "cnn_small").iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.safetensors").is_file() and "backdoored_from_cache" not in first
+    again = run_backdoor(load_settings(None, {**tiny, "defense": {"name": "d-br", "epochs": 1, "sd": sd}}),
+                         tmp_path / "dbr").metrics
+    assert again["backdoored_from_cache"] == str(entries[0])
+    assert (again["clean_acc_before"], again["asr_before"]) == (first["clean_acc"], first["asr"])
+    assert json.loads((tmp_path / "dbr" / "timing.json").read_text())["reused"] == str(entries[0])
+    assert not (tmp_path / "dbr" / "checkpoints" / "last.safetensors").exists()  # nothing trained
+    other = run_backdoor(load_settings(None, {**tiny, "defense": "none", "seed": 1}), tmp_path / "seed1").metrics
+    assert "backdoored_from_cache" not in other and len(list(entries[0].parent.iterdir())) == 2
+    off = run_backdoor(load_settings(None, {**tiny, "reuse_backdoored": False, "defense": "none"}), tmp_path / "off")
+    assert "backdoored_from_cache" not in off.metrics and len(list(entries[0].parent.iterdir())) == 2
+    # an entry copied to where another model's would be: refused, naming the folder
+    data_other = load_settings(None, {**tiny, "train": {**tiny["train"], "lr": 0.02}, "defense": "none"})
+    from advml.data import load_dataset
+
+    data = load_dataset("sample", train_size=300, test_size=100, seed=0)
+    from advml.models import build_model
+    from advml.run import _backdoored_key
+
+    model = build_model("cnn_small", 10, mean=data.mean, std=data.std)
+    planted = model_cache.entry(_backdoored_key(data_other, data, model))
+    sh.copytree(entries[0], planted)
+    with pytest.raises(DataError, match="made from other data or settings"):
+        run_backdoor(data_other, tmp_path / "planted")

@@ -3,7 +3,6 @@ Trainer and cached as safetensors, so that transfer is measured on real models w
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ from advml.provenance import RunScope, differences, run_scope
 from advml.train import TrainConfig, Trainer
 from advml.utils.io import load_json, save_tensors, write_json
 from advml.utils.precision import AmpSetting, Precision, parse_amp, resolve_precision, set_precision
-from advml.utils.runtime import resolve_device
+from advml.utils.runtime import cache_dir, resolve_device
 
-CACHE_ENV = "ADVML_CACHE_DIR"
 DEFAULT_ARCHS = ("resnet18_narrow", "cnn_small", "vgg16_bn", "mobilenet_v2")  # four families
 
 
@@ -42,11 +40,6 @@ class ZooSettings(Settings):
     @classmethod
     def _amp(cls, v: Any) -> AmpSetting:
         return parse_amp(v)
-
-
-def cache_dir() -> Path:
-    """$ADVML_CACHE_DIR, else ~/.cache/advml."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "advml")
 
 
 def _precision(settings: ZooSettings) -> Precision:

@@ -1,8 +1,10 @@
-"""Seeding and device selection."""
+"""Seeding, device selection and the cache folder."""
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,3 +35,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available")
     return dev
+
+
+CACHE_ENV = "ADVML_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where trained models are cached (the zoo, ISSBA encoders, reused backdoored models): $ADVML_CACHE_DIR, else
+    ~/.cache/advml."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "advml")

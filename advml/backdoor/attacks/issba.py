@@ -69,7 +69,7 @@ def settings_key(settings: StegaStampSettings) -> str:
 
 def cache_entry(settings: StegaStampSettings, data: ImageDataset) -> Path:
     """The cache folder of the encoder trained with `settings` on `data`."""
-    from advml.evasion.zoo import cache_dir
+    from advml.utils.runtime import cache_dir
 
     c, h, w = data.image_shape
     return cache_dir() / "issba" / f"{c}x{h}x{w}" / f"{settings_key(settings)}-{data.fingerprint()[:16]}"
