@@ -290,6 +290,9 @@ def test_the_paper_layout_groups_defenses_with_der_paper_values_and_an_average(t
     store.close()
     md = render_report(tmp_path)[0].read_text()
     assert "A cell reads: ours (the paper's)" in md and "DER = [max(0, ASR drop)" in md
+    from advml.bench.report import table_note
+
+    assert "DER" not in table_note(t2.table_at("cpu-full"), t2, der_shown=False)  # a table of no-defense cells only
     assert "Avg: the mean over BadNets all2one, BadNets all2all, Trojan, Blend-Strip, Blend-Kitty, SIG, CL." in md
     with pytest.raises(ConfigError):
         load_spec_text(tmp_path, "table: {rows: [attack], values: {asr: ASR}, der: {}}")

@@ -229,14 +229,14 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
     return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def table_note(t: Table, spec: BenchSpec | None = None) -> str:
+def table_note(t: Table, spec: BenchSpec | None = None, *, der_shown: bool = True) -> str:
     """What the table's units, paper values, DER and Avg mean (empty for a plain table)."""
     parts = []
     if t.percent:
         parts.append("Values in percent.")
     if t.paper:
         parts.append(f"A cell reads: ours (the paper's). The paper's values: {' '.join(t.paper_source.split())}.")
-    if t.der is not None:
+    if t.der is not None and der_shown:
         parts.append("DER = [max(0, ASR drop) - max(0, ACC drop) + 1] / 2 against the row's no-defense cell "
                      "(BackdoorBench's defense effectiveness rating; higher is better).")
     if t.mean_over:
@@ -299,7 +299,7 @@ def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Pa
     warning = version_warning(rows)
     md = f"# {title}\n\n{done}\n\n" + (f"> **Warning:** {warning}.\n\n" if warning else "")
     md += _markdown(spec.name, header, body)
-    note = table_note(spec.table_at(preset), spec)
+    note = table_note(spec.table_at(preset), spec, der_shown=any(h.split()[-1:] == ["DER"] for h in header))
     if note:
         md += f"\n{note}\n"
     paired = paired_table(rows, spec.models_at(preset), spec)
