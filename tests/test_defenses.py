@@ -112,6 +112,19 @@ def test_split_sizes_and_order(n: int) -> None:
         assert scores[s.poisoned].min() >= scores[s.uncertain].max()
 
 
+def test_tied_scores_are_split_by_a_seeded_draw_not_by_position() -> None:
+    """800 of 1,000 samples score exactly 0 (collapsed features) in a file sorted by class: D_c must not be the
+    first classes of the file."""
+    labels = torch.arange(1000) // 100  # classes 0..9 in order, as a class-sorted file
+    scores = torch.zeros(1000)
+    scores[800:] = torch.linspace(1, 2, 200)
+    s = split_by_score(scores, 0.2, 0.05, seed=3)
+    assert torch.bincount(labels[s.clean], minlength=10)[:8].min() > 0  # every class of the tied part, not 0-1
+    assert torch.equal(s.clean, split_by_score(scores, 0.2, 0.05, seed=3).clean)  # reproducible from the seed
+    assert not torch.equal(s.clean, split_by_score(scores, 0.2, 0.05, seed=4).clean)
+    assert torch.equal(s.poisoned, torch.arange(950, 1000))  # untied scores: the plain order
+
+
 def test_split_metrics_against_flags() -> None:
     scores = torch.arange(20.0)  # the top scorers are 19, 18, ...
     truth = torch.zeros(20, dtype=torch.bool)

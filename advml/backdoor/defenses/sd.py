@@ -92,15 +92,20 @@ class Split:
         return {"clean": self.clean, "poisoned": self.poisoned, "uncertain": self.uncertain, "scores": self.scores}
 
 
-def split_by_score(scores: Tensor, clean_ratio: float = 0.2, poison_ratio: float = 0.05) -> Split:
-    """Sort ascending: the floor(alpha_c N) lowest -> D_c, the floor(alpha_p N) highest -> D_p, the rest D_u."""
+def split_by_score(scores: Tensor, clean_ratio: float = 0.2, poison_ratio: float = 0.05, *, seed: int = 0) -> Split:
+    """Sort ascending: the floor(alpha_c N) lowest -> D_c, the floor(alpha_p N) highest -> D_p, the rest D_u.
+
+    Equal scores are ordered by a seeded random permutation, not by position: a model whose features collapse gives
+    many samples the same FCT score (0), and a class-sorted file would otherwise put whole classes into D_c (seen on
+    all 50,000 CIFAR-10 images: D_c held classes 0-2 only). Without ties the order is the official argsort's."""
     n = scores.numel()
     if not 0 < clean_ratio < 1 or not 0 < poison_ratio < 1 or clean_ratio + poison_ratio > 1:
         raise ConfigError(f"need 0 < ratios < 1 and clean_ratio + poison_ratio <= 1, got {clean_ratio}, "
                           f"{poison_ratio}")
     if not torch.isfinite(scores).all():
         raise InputError("FCT scores contain NaN or inf")
-    order = torch.argsort(scores, stable=True)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = perm[torch.argsort(scores.cpu()[perm], stable=True)]
     nc, np_ = int(clean_ratio * n), int(poison_ratio * n)
     return Split(order[:nc].sort().values, order[n - np_:].sort().values, order[nc:n - np_].sort().values,
                  scores.clone())
@@ -165,7 +170,7 @@ def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, s
                        checkpoint_dir=checkpoint_dir, resume=resume)
     scores = fct_scores(model, data, transforms=settings.transforms, draws=settings.draws,
                         normalize=settings.normalize_features, seed=seed)
-    return split_by_score(scores, settings.clean_ratio, settings.poison_ratio)
+    return split_by_score(scores, settings.clean_ratio, settings.poison_ratio, seed=seed)
 
 
 def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str = "FCT scores",
