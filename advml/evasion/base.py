@@ -7,6 +7,7 @@ on an objective that the attack *ascends* (CE of the true label, or minus CE of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -23,9 +24,15 @@ class Method:
     Per outer iteration the hooks run in the official loop's order (the RAP code's `rap_attack.py`): `mix`
     (Admix's m1 mixed images), `outer_point` (RAP's n_rap, one per mixed image), `expand` (SI's / Admix's m2
     scaled copies), `transform` (DI, one draw per copy), one forward-backward, `grad` (TI), `momentum` (MI).
+    `estimate` (PGN, VMI) may take that gradient at several points around x_adv and combine them.
     Every term a hook adds to the input is a constant: the gradient reaches x_adv as the identity."""
 
     name = "ifgsm"
+
+    def estimate(self, attack: IterativeAttack, x_adv: Tensor, gradient: Callable[[Tensor], Tensor],
+                 state: dict[str, Any]) -> Tensor:
+        """The gradient used at x_adv; `gradient(p)` is the outer gradient (all other hooks but TI) at p."""
+        return gradient(x_adv)
 
     def mix(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mixed copies of each image (Admix), before RAP; returns (copies x N, ...) and their labels."""
@@ -69,10 +76,12 @@ class IterativeAttack:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.record_at = tuple(record_at)
         self.snapshots: dict[int, Tensor] = {}  # iteration -> adversarial images, for `record_at`
+        self.passes_at: dict[int, int] = {}  # iteration -> forward-backward passes per image so far, for `record_at`
         self.true_labels: Tensor | None = None  # the images' true labels during a call (Admix needs them)
         self.clean: Tensor | None = None  # the unperturbed images during a call (Admix's partners)
         self.targeted = False
         self.spec = spec
+        self.passes = 0  # forward-backward passes per image since the last call began (cost accounting)
 
     @property
     def name(self) -> str:
@@ -105,10 +114,28 @@ class IterativeAttack:
         with torch.enable_grad():  # also works under torch.no_grad()
             point = point.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.objective(self.model(point), labels, targeted, loss), point)
+        self.passes += 1
         return g
 
-    def grad(self, x_adv: Tensor, goal: Tensor, targeted: bool, it: int) -> Tensor:
-        """The outer gradient at x_adv, averaged over the methods' copies, then post-processed (TI)."""
+    def grad(self, x_adv: Tensor, goal: Tensor, targeted: bool, it: int, state: dict[str, Any] | None = None
+             ) -> Tensor:
+        """The gradient estimate at x_adv (the outer gradient, or PGN's / VMI's combination), then TI."""
+        state = {} if state is None else state
+        estimators = [m for m in self.methods if type(m).estimate is not Method.estimate]
+        if len(estimators) > 1:
+            raise ConfigError(f"{' and '.join(m.name for m in estimators)} both replace the gradient estimate; "
+                              "keep one")
+
+        def gradient(p: Tensor) -> Tensor:
+            return self.outer_grad(p, goal, targeted, it)
+
+        g = estimators[0].estimate(self, x_adv, gradient, state) if estimators else gradient(x_adv)
+        for m in self.methods:
+            g = m.grad(self, g)
+        return g
+
+    def outer_grad(self, x_adv: Tensor, goal: Tensor, targeted: bool, it: int) -> Tensor:
+        """The outer gradient at x_adv: through the methods' mixes, RAP point, copies and transforms, averaged."""
         with torch.enable_grad():
             point = x_adv.detach().requires_grad_(True)
             xs, ys = point, goal
@@ -130,8 +157,7 @@ class IterativeAttack:
                 logits = self.model(torch.cat([parts[i] for i in same]))
                 obj = obj + self.objective(logits, torch.cat([labels[i] for i in same]), targeted)
             (g,) = torch.autograd.grad(obj / copies, point)
-        for m in self.methods:
-            g = m.grad(self, g)
+        self.passes += copies
         return g
 
     def update(self, x: Tensor, delta: Tensor, direction: Tensor) -> Tensor:
@@ -156,15 +182,16 @@ class IterativeAttack:
         self.clean = x
         goal = (targets if targets is not None else labels).to(x.device).long()
         delta, state = self.init_delta(x), {}
-        self.snapshots = {}
+        self.snapshots, self.passes_at, self.passes = {}, {}, 0
         try:
             for it in range(self.iters):
-                g = self.grad(x + delta, goal, self.targeted, it)
+                g = self.grad(x + delta, goal, self.targeted, it, state)
                 for m in self.methods:
                     g = m.momentum(self, g, state)
                 delta = self.update(x, delta, g)
                 if it + 1 in self.record_at:
                     self.snapshots[it + 1] = (x + delta).detach().cpu()
+                    self.passes_at[it + 1] = self.passes
         finally:
             self.model.train(was_training)
             self.true_labels = self.clean = None

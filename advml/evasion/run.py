@@ -150,6 +150,7 @@ def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: b
         attack(xb.to(device), yb.to(device), tb.to(device) if settings.targeted else None)
         for i in record:
             snaps[i].append(attack.snapshots[i])
+    passes = dict(attack.passes_at)  # per image: the same for every batch
     goal = t if settings.targeted else y
     success_at: dict[str, dict[str, float]] = {}
     outcomes: dict[str, str] = {}
@@ -171,6 +172,8 @@ def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: b
         "white_box": final["white_box"],
         "success_ci95": {k: list(wilson(round(v * n), n)) for k, v in final.items()},
         "success_at": success_at,
+        # the cost: forward-backward passes of the surrogate per image after each recorded iteration count
+        "passes_at": {str(i): passes[i] for i in record},
         "image_ids": image_ids.tolist(),  # test-set indices: runs with the same seed and models share them
         "outcomes": outcomes,  # per image, at the last iteration, for paired comparisons between methods
         "denominator": "all n_images evaluation images (each classified correctly by every model before the "

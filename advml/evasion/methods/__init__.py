@@ -11,6 +11,7 @@ from advml.errors import ConfigError
 from advml.evasion.base import IterativeAttack, Method
 from advml.evasion.methods.inputs import DI, SI, Admix
 from advml.evasion.methods.momentum import MI
+from advml.evasion.methods.neighbourhood import PGN, VMI
 from advml.evasion.methods.rap import RAP
 from advml.evasion.methods.translation import TI
 from advml.registry import Registry
@@ -21,6 +22,8 @@ METHODS.add("ti", TI, "Gaussian-smoothed gradient (kernel 5 at 299 px, scaled to
 METHODS.add("di", DI, "diverse inputs: random resize in [H, H*330/299) and pad, p 0.7, a draw per copy")
 METHODS.add("si", SI, "scale invariance: 5 copies x/2^i")
 METHODS.add("admix", Admix, "Admix: 3 clean other-class images added at 0.2, each mix in 5 scales x/2^j")
+METHODS.add("pgn", PGN, "penalised gradient norm: 20 neighbours at 3 eps, look-ahead mix 0.5 (with mi: PGN)")
+METHODS.add("vmi", VMI, "variance tuning: 20 neighbours at 1.5 eps (with mi: VMI-FGSM)")
 METHODS.add("rap", RAP, "reverse adversarial perturbation from the first iteration (eps_n 16/255, K 8)")
 METHODS.add("rap-ls", lambda **kw: RAP(**{"late_start": 100, **kw}), "RAP with a late start at iteration 100")
 METHODS.add("rap-warm", lambda **kw: RAP(**{"late_start": 100, "warm": True, **kw}),
@@ -38,6 +41,8 @@ def parse(spec: str) -> list[str]:
         METHODS.get(n)
     if len(set(names)) != len(names) or sum(n.startswith("rap") for n in names) > 1:
         raise ConfigError(f"method {spec!r} repeats an ingredient")
+    if {"pgn", "vmi"} <= set(names):
+        raise ConfigError(f"method {spec!r}: pgn and vmi both replace the gradient estimate; keep one")
     return names
 
 
@@ -61,4 +66,4 @@ def compose(spec: str, model: nn.Module, *, options: dict[str, dict[str, Any]] |
     return IterativeAttack(model, methods=methods, spec=spec, **attack_settings)
 
 
-__all__ = ["DI", "METHODS", "MI", "RAP", "SI", "TI", "Admix", "compose", "parse"]
+__all__ = ["DI", "METHODS", "MI", "PGN", "RAP", "SI", "TI", "VMI", "Admix", "compose", "parse"]
