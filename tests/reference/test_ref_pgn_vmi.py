@@ -104,7 +104,8 @@ def test_pgn_equals_the_official_loop(cifar, model, targeted):
     x, y = cifar[0][::20][:6], cifar[1][::20][:6]
     goal = (y + 3) % 10 if targeted else y
     iters, samples, eps = 4, 3, 16 / 255
-    adv, attack, log = run_advml("mi-pgn", model, x, y, goal if targeted else None, {"pgn": {"samples": samples}}, iters, eps)
+    adv, attack, log = run_advml("mi-pgn", model, x, y, goal if targeted else None, {"pgn": {"samples": samples}},
+                                 iters, eps)
     ref = official_pgn(model, x, goal, iter(log), targeted=targeted, epsilon=eps, epoch=iters,
                        num_neighbor=samples)
     assert len(log) == iters * samples
@@ -118,7 +119,8 @@ def test_vmi_equals_the_official_loop(cifar, model, targeted):
     x, y = cifar[0][::20][:6], cifar[1][::20][:6]
     goal = (y + 3) % 10 if targeted else y
     iters, samples, eps = 4, 3, 16 / 255
-    adv, attack, log = run_advml("mi-vmi", model, x, y, goal if targeted else None, {"vmi": {"samples": samples}}, iters, eps)
+    adv, attack, log = run_advml("mi-vmi", model, x, y, goal if targeted else None, {"vmi": {"samples": samples}},
+                                 iters, eps)
     ref = official_vmi(model, x, goal, iter(log), targeted=targeted, epsilon=eps, epoch=iters,
                        num_neighbor=samples)
     assert (adv - ref).abs().max() <= TOL
