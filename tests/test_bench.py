@@ -52,6 +52,20 @@ def test_seed_specs_are_valid_with_three_scales(name):
         assert spec.cells(preset), preset
 
 
+def test_the_regime_smoke_bench_reports_cost_and_plots(tmp_path, cache):
+    """Each cell's passes per image are the ideal counts (MI-TI-DI 1 per iteration, PGN 2 per neighbour, RAP-LS
+    1 + K after its late start), and both plots are written and embedded."""
+    spec = load_spec(SEED / "table3_regime.yaml")
+    out = run_bench(spec, "smoke", tmp_path / "r", progress=False)
+    header, body = _table(out)
+    assert header[-1] == "passes" and [r[-1] for r in body] == ["3", "8", "7"]  # 3 x 1; 2 x 2 x 2; 1 + 2 x 3
+    assert [r[0].split(" / ")[-1] for r in body] == ["MI-TI-DI", "PGN (10 it)", "+ RAP-LS, eps_n = eps"]
+    for name in ("success_vs_iterations", "success_vs_cost"):
+        assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert f"![{name}]({name}.png)" in (out / "report.md").read_text()
+    assert (out / "report.html").read_text().count('alt="success_vs_') == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,shape", [("table1_issba", (4, 5)), ("table3_rap", (3, 3)),
                                         ("table2_defense", (2, 13))])

@@ -82,3 +82,28 @@ def test_a_plain_user_module_works_with_metrics_and_trainer(sample):
     Trainer(net, TrainConfig(epochs=1, progress=False, augment="none")).fit(sample.train.subset(range(256)))
     assert 0 <= accuracy(net, sample.test) <= 1
     assert not isinstance(net, ImageClassifier)
+
+
+def test_the_transfer_families_have_their_layouts():
+    """densenet_narrow = DenseNet-BC-40 (3 blocks of 6, growth 12), mobilenet_narrow keeps 32x32 in its stem,
+    vit_tiny cuts 32x32 into 64 patches of 4x4 plus a class token; each trains (gradients reach the stem)."""
+    dn = build_model("densenet_narrow", 10)
+    blocks = [m for m in dn.backbone.modules() if type(m).__name__ == "_DenseBlock"]
+    assert [len(b) for b in blocks] == [6, 6, 6] and blocks[0].denselayer1.conv2.out_channels == 12
+    mb = build_model("mobilenet_narrow", 10)
+    assert mb.backbone.features[0][0].stride == (1, 1) and mb.feature_dim == 1280
+    vt = build_model("vit_tiny", 10)
+    assert vt.backbone.vit.patch_size == 4 and vt.backbone.vit.seq_length == 65 and vt.feature_dim == 128
+    for m in (dn, mb, vt):
+        x = torch.rand(2, 3, 32, 32)
+        m(x).sum().backward()
+        assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("name,options", [("vit_tiny", {"patch_size": 5}), ("vit_tiny", {"heads": 3}),
+                                          ("mobilenet_narrow", {"width_mult": 0}),
+                                          ("densenet_narrow", {"growth_rate": 0}),
+                                          ("densenet_narrow", {"depth": 3})])
+def test_bad_family_options_are_one_line_errors(name, options):
+    with pytest.raises(ConfigError):
+        build_model(name, 10, **options)

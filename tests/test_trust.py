@@ -253,6 +253,38 @@ def test_a_zoo_entry_is_keyed_by_the_precision_it_trained_in(tmp_path, zoo):
         zoo_model(data, "cnn_small", bf16, progress=False)
 
 
+def test_a_zoo_recipe_is_part_of_the_entry_and_reaches_the_trainer(tmp_path, zoo):
+    """zoo.train (the trainer's further settings) names its own entry, is validated with suggestions, and trains."""
+    from advml.data import load_dataset
+    from advml.evasion.zoo import ZooSettings, entry, zoo_model
+
+    data = load_dataset(f"npz:{_tiny_npz(tmp_path / 'a.npz', seed=0)}")
+    fast = zoo.model_copy(update={"train": {"schedule": "onecycle", "label_smoothing": 0.2}})
+    plain, recipe = entry(data, "cnn_small", zoo), entry(data, "cnn_small", fast)
+    assert plain != recipe and "-t" in recipe.name.split("-d")[-2] and "-t" not in plain.name
+    assert fast.config().schedule == "onecycle" and fast.config().label_smoothing == 0.2
+    _, info = zoo_model(data, "cnn_small", fast, progress=False)
+    assert info["settings"]["train"] == {"schedule": "onecycle", "label_smoothing": 0.2}
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        ZooSettings(train={"label_smoothin": 0.2})
+    with pytest.raises(ConfigError, match="as zoo settings"):
+        ZooSettings(train={"epochs": 3})
+
+
+def test_per_architecture_zoo_settings_key_only_their_own_entry(tmp_path, zoo):
+    from advml.data import load_dataset
+    from advml.evasion.zoo import ZooSettings, entry
+
+    data = load_dataset(f"npz:{_tiny_npz(tmp_path / 'a.npz', seed=0)}")
+    mixed = zoo.model_copy(update={"models": {"vit_tiny": {"lr": 0.001, "train": {"optimizer": "adam"}}}})
+    assert entry(data, "cnn_small", mixed) == entry(data, "cnn_small", zoo)  # another arch's override: same entry
+    assert entry(data, "vit_tiny", mixed) != entry(data, "vit_tiny", zoo)
+    vit = mixed.for_arch("vit_tiny")
+    assert vit.lr == 0.001 and vit.config().optimizer == "adam" and vit.models == {} and vit.epochs == zoo.epochs
+    with pytest.raises(ConfigError, match="model"):
+        ZooSettings(models={"vit_tinny": {"lr": 0.1}})
+
+
 def test_a_cached_issba_encoder_is_keyed_by_the_whole_content_and_checked(tmp_path, monkeypatch):
     from advml.backdoor.attacks.issba import ISSBA, cache_entry
     from advml.data import TensorImageDataset

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from advml.bench.plots import transfer_plot
 from advml.bench.spec import BenchSpec, Table, value_word
 from advml.bench.store import ResultStore
 from advml.config import dump_yaml, validate
 from advml.errors import ConfigError, DataError
 from advml.stats import paired_difference
-from advml.utils.io import write_text_atomic
+from advml.utils.io import write_bytes_atomic, write_text_atomic
 
 MISSING = "n/a"  # a cell of the grid that has not finished
 ABSENT = "—"  # a finished cell without that metric (e.g. white-box success against the surrogate itself)
@@ -36,6 +37,8 @@ def _fmt(v: Any, percent: bool = False) -> str:
         return str(v)
     if percent:
         return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    if isinstance(v, int):  # counts (a transfer cell's passes per image)
+        return f"{v:,}"
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
 
 
@@ -167,8 +170,11 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
 
 def _cell(ours: Any, paper: float | None, scale: float) -> str:
     """One table cell: our value (in the table's unit), then the paper's in parentheses where it is known."""
-    v = _number(ours)
-    text = _fmt(v * scale if v is not None else ours, percent=scale != 1.0)
+    v: Any = _number(ours)
+    if isinstance(ours, int) and not isinstance(ours, bool):
+        v = ours  # a count (passes per image) stays an integer
+    shown = ours if v is None else v * scale if scale != 1.0 else v
+    text = _fmt(shown, percent=scale != 1.0)
     if isinstance(ours, Spread):
         text += f" ± {_fmt(ours.sd * scale, percent=scale != 1.0)}"
     return f"{text} ({_fmt(paper, percent=True)})" if paper is not None else text
@@ -185,6 +191,7 @@ def paired_table(rows: list[dict[str, Any]], order: list[str] | None = None,
     pairs = []
     for r in rows:
         method = r["params"].get("method", "")
+        method = method.get("name", "") if isinstance(method, dict) else method  # a method with its options
         base = by_key.get(key(r["params"], method.split("+")[0])) if "+" in method else None
         m = r["metrics"]
         if base and _outcomes(m) and _outcomes(base) and m.get("image_ids") == base.get("image_ids"):
@@ -308,6 +315,16 @@ def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Pa
         note = "Success minus the base method's on the same images; 95 % paired (Wald) interval; exact McNemar p."
         md += "\n" + _markdown("paired differences", *paired) + f"\n{note}\n"
         paired_html = f"<h2>paired differences</h2>{_html_table(*paired)}<p>{html.escape(note)}</p>"
+    plots = {}
+    for name in spec.table_at(preset).plots:
+        png = transfer_plot(spec, rows, name)
+        if png is not None:
+            write_bytes_atomic(folder / f"{name}.png", png)
+            plots[name] = png
+    if plots:
+        md += "\n## Plots\n\n" + "".join(f"![{name}]({name}.png)\n" for name in plots)
+    plots_html = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                         f"<figcaption>{name}</figcaption></figure>" for name, png in plots.items())
     if figures:
         md += "\n## Figures\n\n" + "".join(f"- `cells/{cid}/{name}`\n" for cid, fs in figures.items() for name in fs)
     imgs = "".join(
@@ -323,6 +340,7 @@ figure{{display:inline-block;margin:8px}} img{{max-width:420px}}
 .warning{{background:#fff3cd;border:1px solid #d39e00;padding:6px 10px}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(done)}</p>{warning_html}
 <h2>{html.escape(spec.name)}</h2>{_html_table(header, body)}{f"<p>{html.escape(note)}</p>" if note else ""}{paired_html}
+{f'<h2>Plots</h2><div class="plots">{plots_html}</div>' if plots_html else ""}
 <h2>Figures</h2><div class="figures">{imgs or "<p>none</p>"}</div></body></html>
 """
     md_path, html_path = folder / "report.md", folder / "report.html"

@@ -63,6 +63,9 @@ class Table(Settings):
                                           "path -> value in the table's unit (words: see value_word; ' / ' joins "
                                           "several keys)")
     paper_source: str = Field("", description="where the paper's values come from (shown under the table)")
+    plots: list[Literal["success_vs_iterations", "success_vs_cost"]] = Field(
+        default_factory=list, description="transfer: bench figures, a line per method (mean success over the "
+                                          "targets against iterations, or against passes per image)")
 
     @field_validator("figures")
     @classmethod

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from advml.config import Seed, Settings, dump_yaml
@@ -38,13 +38,17 @@ class TransferSettings(Settings):
     surrogate: str = "resnet18_narrow"
     surrogate_weights: str | None = Field(None, description="the user's weights for the surrogate (safetensors)")
     targets: list[str] = Field(default_factory=lambda: ["cnn_small", "vgg16_bn", "mobilenet_v2"])
-    method: str = "mi-ti-di"
+    method: str = Field("mi-ti-di", description="the composed method, e.g. mi-ti-di+rap-ls; or a mapping {name: "
+                        "mi-ti-di+rap-ls, rap-ls.eps_n_ratio: 0.5} of the method with its options (a bench grid value)")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method settings")
     targeted: bool = True
     loss: str | None = Field(None, description="ce or logit; default logit when targeted, else ce (the paper)")
     eps: float = Field(16, gt=0, le=255, description="l-inf budget on the 0-255 scale")
-    step: float = Field(2, gt=0, le=255, description="step on the 0-255 scale")
+    step: float | None = Field(2, gt=0, le=255, description="step on the 0-255 scale; null: eps / iters "
+                               "(TransferAttack's alpha, e.g. PGN's and VMI's official 1.6 at eps 16, 10 iterations)")
     iters: int = Field(400, ge=1)
+    record_at: list[int] = Field(default_factory=lambda: list(CHECKPOINTS), description="iteration counts at which "
+                                 "success (and cost) is also measured; the last iteration always is")
     n_images: int = Field(1000, ge=1)
     batch_size: int = Field(50, ge=1)
     zoo: ZooSettings = Field(default_factory=ZooSettings)
@@ -56,10 +60,36 @@ class TransferSettings(Settings):
     progress: bool = True
     seed: Seed = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_with_options(cls, data: Any) -> Any:
+        """method: {name: spec, 'ingredient.option': value, ...} -> method: spec, options merged (these win)."""
+        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
+            return data
+        given = dict(data["method"])
+        if not isinstance(given.get("name"), str):
+            raise ValueError("a method mapping needs a 'name', e.g. {name: mi-ti-di+rap-ls, rap-ls.eps_n_ratio: 0.5}")
+        options = {k: dict(v) for k, v in (data.get("options") or {}).items()}
+        for key, value in given.items():
+            if key == "name":
+                continue
+            ingredient, _, option = key.partition(".")
+            if not option:
+                raise ValueError(f"method option {key!r} needs the form ingredient.option (e.g. rap-ls.eps_n_ratio)")
+            options.setdefault(ingredient, {})[option] = value
+        return {**data, "method": given["name"], "options": options}
+
     @field_validator("amp", mode="before")
     @classmethod
     def _amp(cls, v: Any) -> AmpSetting:
         return parse_amp(v)
+
+    @field_validator("record_at")
+    @classmethod
+    def _record_at(cls, v: list[int]) -> list[int]:
+        if any(i < 1 for i in v):
+            raise ValueError(f"record_at needs iteration counts >= 1, got {v}")
+        return sorted(set(v))
 
     @field_validator("method")
     @classmethod
@@ -141,10 +171,11 @@ def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: b
     x, y, t, image_ids = evaluation_images(data.test, [surrogate, *targets.values()], settings.n_images,
                                            data.num_classes, settings.seed, device, settings.only_correct)
     loss = settings.loss or ("logit" if settings.targeted else "ce")
-    record = tuple(i for i in CHECKPOINTS if i < settings.iters) + (settings.iters,)
+    record = tuple(i for i in settings.record_at if i < settings.iters) + (settings.iters,)
+    step = settings.step if settings.step is not None else settings.eps / settings.iters
     snaps: dict[int, list[Tensor]] = {i: [] for i in record}
     attack = compose(settings.method, surrogate, options=settings.options, eps=settings.eps / 255,
-                     step=settings.step / 255, iters=settings.iters, loss=loss, record_at=record,
+                     step=step / 255, iters=settings.iters, loss=loss, record_at=record,
                      generator=torch.Generator().manual_seed(settings.seed))
     for xb, yb, tb in zip(x.split(settings.batch_size), y.split(settings.batch_size), t.split(settings.batch_size)):
         attack(xb.to(device), yb.to(device), tb.to(device) if settings.targeted else None)
@@ -174,6 +205,7 @@ def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: b
         "success_at": success_at,
         # the cost: forward-backward passes of the surrogate per image after each recorded iteration count
         "passes_at": {str(i): passes[i] for i in record},
+        "passes_per_image": passes[settings.iters],
         "image_ids": image_ids.tolist(),  # test-set indices: runs with the same seed and models share them
         "outcomes": outcomes,  # per image, at the last iteration, for paired comparisons between methods
         "denominator": "all n_images evaluation images (each classified correctly by every model before the "

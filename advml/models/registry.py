@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from advml.errors import ConfigError, DataError
+from advml.models import cifar_tv
 from advml.models.airnet import AirNet
 from advml.models.cifar_resnet import CifarResNet, SmallCNN
 from advml.models.cifar_vgg import CifarVGG
@@ -74,6 +75,30 @@ def _preact_resnet18(image_size: int, in_channels: int, pretrained: bool, width:
     _no_pretrained("preact_resnet18", pretrained)
     net = CifarResNet(width=width, preact=True, in_channels=in_channels)
     return net, net.out_dim
+
+
+@MODELS.register("densenet_narrow", "DenseNet-BC-40 (3 blocks of 6, growth 12; set block_config=...), CIFAR stem; "
+                 "a transfer family")
+def _densenet_narrow(image_size: int, in_channels: int, pretrained: bool, growth_rate: int = 12,
+                     block_config: tuple[int, ...] | list[int] = (6, 6, 6)) -> tuple[nn.Module, int]:
+    _no_pretrained("densenet_narrow", pretrained)
+    _check_width(growth_rate)
+    return cifar_tv.densenet(in_channels, growth_rate, tuple(block_config))
+
+
+@MODELS.register("mobilenet_narrow", "MobileNetV2 at width 0.5 (set width_mult=...), CIFAR stem; a transfer family")
+def _mobilenet_narrow(image_size: int, in_channels: int, pretrained: bool,
+                      width_mult: float = 0.5) -> tuple[nn.Module, int]:
+    _no_pretrained("mobilenet_narrow", pretrained)
+    return cifar_tv.mobilenet(in_channels, width_mult)
+
+
+@MODELS.register("vit_tiny", "ViT with patch 4, depth 6, 4 heads, dim 128 (torchvision's); fixed input size; "
+                 "the transfer zoo's far family")
+def _vit_tiny(image_size: int, in_channels: int, pretrained: bool, patch_size: int = 4, depth: int = 6,
+              heads: int = 4, dim: int = 128, mlp_dim: int = 256) -> tuple[nn.Module, int]:
+    _no_pretrained("vit_tiny", pretrained)
+    return cifar_tv.vit(image_size, in_channels, patch_size, depth, heads, dim, mlp_dim)
 
 
 def _tv_factory(name: str) -> BackboneFactory:

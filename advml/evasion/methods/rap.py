@@ -15,16 +15,21 @@ class RAP(Method):
     """Reverse adversarial perturbation. The inner loop uses plain CE (as the official code): targeted, it
     pushes away from the target; untargeted, it pulls toward the true label. `late_start` (RAP-LS: 100)
     skips RAP for the first iterations; `warm` carries n_rap over between outer iterations instead of
-    restarting from a random point (`warm_steps` inner steps then)."""
+    restarting from a random point (`warm_steps` inner steps then). `eps_n_ratio` sets eps_n as a multiple of
+    the attack's eps (the regime study's eps_n in {eps/2, eps, 2 eps}), and its step as eps_n / steps."""
 
     name = "rap"
 
     def __init__(self, eps_n: float = 16 / 255, steps: int = 8, step_n: float | None = None, late_start: int = 0,
-                 warm: bool = False, warm_steps: int = 2) -> None:
+                 warm: bool = False, warm_steps: int = 2, eps_n_ratio: float | None = None) -> None:
         if not 0 < eps_n <= 1 or steps < 1 or late_start < 0 or warm_steps < 1:
             raise ConfigError(f"rap needs 0 < eps_n <= 1, steps >= 1, late_start >= 0; got {eps_n}, {steps}, "
                               f"{late_start}")
-        self.eps_n, self.steps, self.late_start = eps_n, steps, late_start
+        if eps_n_ratio is not None and not 0 < eps_n_ratio <= 16:
+            raise ConfigError(f"rap eps_n_ratio must be in (0, 16], got {eps_n_ratio}")
+        if eps_n_ratio is not None and step_n is not None:
+            raise ConfigError("rap: give step_n or eps_n_ratio (whose step is eps_n / steps), not both")
+        self.eps_n, self.steps, self.late_start, self.eps_n_ratio = eps_n, steps, late_start, eps_n_ratio
         self.step_n = step_n if step_n is not None else eps_n / steps
         self.warm, self.warm_steps = warm, warm_steps
         self._n: Tensor | None = None
@@ -37,6 +42,9 @@ class RAP(Method):
     def outer_point(self, attack: IterativeAttack, x: Tensor, goal: Tensor, it: int) -> Tensor:
         if it < self.late_start:
             return x
+        if self.eps_n_ratio is not None:
+            self.eps_n = min(self.eps_n_ratio * attack.eps, 1.0)
+            self.step_n = self.eps_n / self.steps
         base = x.detach()
         # the official box: x + n stays in [0, 1] and within eps_n of x
         lo, hi = (base - self.eps_n).clamp(0, 1), (base + self.eps_n).clamp(0, 1)
