@@ -3,11 +3,12 @@ per image), one line per method, one panel per combination of the other grid key
 
 from __future__ import annotations
 
-import io
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from advml.bench.spec import BenchSpec
+from advml.utils.io import atomic_path
 
 PlotName = Literal["success_vs_iterations", "success_vs_cost"]
 
@@ -32,9 +33,9 @@ def _series(metrics: dict[str, Any], x_axis: PlotName) -> list[tuple[float, floa
     return sorted(points)
 
 
-def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName) -> bytes | None:
-    """One PNG: a panel per combination of the grid keys other than the method, a line per method; None when no
-    finished cell has the data."""
+def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName, path: Path) -> bool:
+    """Write one PNG to `path`: a panel per combination of the grid keys other than the method, a line per method;
+    False (nothing written) when no finished cell has the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +50,7 @@ def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName) -
         title = ", ".join(f"{spec.label(k)} {spec.label(k, v)}" for k, v in params.items() if k != "method")
         panels.setdefault(title, []).append((spec.label("method", params.get("method", "")), points))
     if not panels:
-        return None
+        return False
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.4 * nrows), squeeze=False)
@@ -70,7 +71,7 @@ def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName) -
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=110, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return buffer.getvalue()
+    return True

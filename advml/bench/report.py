@@ -15,7 +15,7 @@ from advml.bench.store import ResultStore
 from advml.config import dump_yaml, validate
 from advml.errors import ConfigError, DataError
 from advml.stats import paired_difference
-from advml.utils.io import write_bytes_atomic, write_text_atomic
+from advml.utils.io import write_text_atomic
 
 MISSING = "n/a"  # a cell of the grid that has not finished
 ABSENT = "—"  # a finished cell without that metric (e.g. white-box success against the surrogate itself)
@@ -317,10 +317,8 @@ def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Pa
         paired_html = f"<h2>paired differences</h2>{_html_table(*paired)}<p>{html.escape(note)}</p>"
     plots = {}
     for name in spec.table_at(preset).plots:
-        png = transfer_plot(spec, rows, name)
-        if png is not None:
-            write_bytes_atomic(folder / f"{name}.png", png)
-            plots[name] = png
+        if transfer_plot(spec, rows, name, folder / f"{name}.png"):
+            plots[name] = (folder / f"{name}.png").read_bytes()
     if plots:
         md += "\n## Plots\n\n" + "".join(f"![{name}]({name}.png)\n" for name in plots)
     plots_html = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
