@@ -99,32 +99,24 @@ def run_advml(spec, model, x, y, t, options, iters, eps):
     return adv, attack, log
 
 
+PORTS = {"pgn": (official_pgn, lambda iters, n: iters * n * 2),  # the ideal cost: two passes per neighbour
+         "vmi": (official_vmi, lambda iters, n: iters * (1 + n))}  # one at x_adv, one per neighbour
+
+
+@pytest.mark.parametrize("name", list(PORTS))
 @pytest.mark.parametrize("targeted", [False, True])
-def test_pgn_equals_the_official_loop(cifar, model, targeted):
+def test_pgn_and_vmi_equal_the_official_loops(cifar, model, name, targeted):
     x, y = cifar[0][::20][:6], cifar[1][::20][:6]
     goal = (y + 3) % 10 if targeted else y
     iters, samples, eps = 4, 3, 16 / 255
-    adv, attack, log = run_advml("mi-pgn", model, x, y, goal if targeted else None, {"pgn": {"samples": samples}},
-                                 iters, eps)
-    ref = official_pgn(model, x, goal, iter(log), targeted=targeted, epsilon=eps, epoch=iters,
-                       num_neighbor=samples)
+    port, ideal_passes = PORTS[name]
+    adv, attack, log = run_advml(f"mi-{name}", model, x, y, goal if targeted else None,
+                                 {name: {"samples": samples}}, iters, eps)
+    ref = port(model, x, goal, iter(log), targeted=targeted, epsilon=eps, epoch=iters, num_neighbor=samples)
     assert len(log) == iters * samples
     assert (adv - ref).abs().max() <= TOL
     assert (adv - x).abs().max() > 1 / 255
-    assert attack.passes == iters * samples * 2  # the ideal: two passes per neighbour
-
-
-@pytest.mark.parametrize("targeted", [False, True])
-def test_vmi_equals_the_official_loop(cifar, model, targeted):
-    x, y = cifar[0][::20][:6], cifar[1][::20][:6]
-    goal = (y + 3) % 10 if targeted else y
-    iters, samples, eps = 4, 3, 16 / 255
-    adv, attack, log = run_advml("mi-vmi", model, x, y, goal if targeted else None, {"vmi": {"samples": samples}},
-                                 iters, eps)
-    ref = official_vmi(model, x, goal, iter(log), targeted=targeted, epsilon=eps, epoch=iters,
-                       num_neighbor=samples)
-    assert (adv - ref).abs().max() <= TOL
-    assert attack.passes == iters * (1 + samples)
+    assert attack.passes == ideal_passes(iters, samples)
 
 
 def test_the_neighbours_are_uniform_in_the_official_radius(cifar, model):
