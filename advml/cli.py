@@ -139,7 +139,7 @@ def backdoor(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Poison a dataset, train a model on it, and write clean accuracy, ASR and stealth metrics."""
-    from advml.run import load_settings, run_backdoor
+    from advml.experiments import load_settings, run_backdoor
 
     overrides = _overrides(**{
         "dataset": dataset, "model": model, "attack.name": attack, "attack.target": target, "attack.rate": rate,
@@ -194,19 +194,19 @@ def transfer(
     n_images: Annotated[int | None, typer.Option(help="evaluation images")] = None,
     data_dir: Annotated[str | None, typer.Option(help="data folder (default $ADVML_DATA_DIR)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    preset: Annotated[str | None, typer.Option(help="a packaged transfer preset (advml presets)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file; flags override it")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE, e.g. options.ti.kernel=15")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
 ) -> None:
     """Craft adversarial examples on a surrogate and report their success on target models."""
-    from advml.config import deep_merge, load_yaml, validate
-    from advml.evasion.run import TransferSettings, run_transfer
+    from advml.experiments import load_transfer_settings, run_transfer
 
     overrides = _overrides(dataset=dataset, surrogate=surrogate, surrogate_weights=surrogate_weights,
                            targets=targets.split(",") if targets else None, method=method, targeted=targeted, eps=eps,
                            iters=iters, n_images=n_images, data_dir=data_dir, seed=seed, sets=sets)
-    settings = validate(TransferSettings, deep_merge(load_yaml(config) if config else {}, overrides))
-    m = run_transfer(settings, out, overwrite=overwrite)
+    settings = load_transfer_settings(config, overrides, preset=preset)
+    m = run_transfer(settings, out, overwrite=overwrite).metrics
     typer.echo(f"white-box {m['white_box']:.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in m["success"].items()))
     typer.echo(f"wrote {out / 'metrics.json'}")
 
@@ -233,10 +233,10 @@ def defenses() -> None:
 @app.command()
 @_errors
 def presets() -> None:
-    """List the packaged settings presets (use with --preset)."""
-    from advml.run import PRESETS
+    """List the packaged settings presets (use with --preset): backdoor presets serve backdoor and detect runs."""
+    from advml.experiments.base import PRESETS, preset_kind
 
-    _print_registry(PRESETS.describe())
+    _print_registry([(name, f"[{preset_kind(name)}] {text}") for name, text in PRESETS.describe()])
 
 
 @app.command()
@@ -260,7 +260,7 @@ def detect(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """The SD module alone: poison, train, FCT-score every sample, split into D_c / D_u / D_p."""
-    from advml.run import load_detect_settings, run_detect
+    from advml.experiments import load_detect_settings, run_detect
 
     overrides = _overrides(**{
         "dataset": dataset, "model": model, "attack.name": attack, "attack.rate": rate, "train_size": train_size,
@@ -351,7 +351,7 @@ def demo(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """The quick start: BadNets on the bundled 10,000-image CIFAR-10 sample -> train -> D-BR -> a before/after table."""
-    from advml.run import load_settings, run_backdoor
+    from advml.experiments import load_settings, run_backdoor
 
     overrides: dict[str, Any] = {"train": {"progress": progress}}
     if epochs is not None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from advml.config import deep_merge, load_yaml
-from advml.run import load_settings, run_backdoor
+from advml.experiments import load_settings, run_backdoor
 
 
 def main() -> None:

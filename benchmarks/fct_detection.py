@@ -102,14 +102,14 @@ def main() -> None:
 
 def _cell_model(cell: Path) -> tuple[torch.nn.Module, object, dict]:
     """The SD model a finished run trained (checkpoint) and that run's poisoned training set."""
-    from advml.run import BackdoorRunSettings, _model_factory
+    from advml.experiments.backdoor import BackdoorRunSettings, run_model_factory
 
     s = validate(BackdoorRunSettings, load_yaml(cell / "config.yaml"))
     data = load_dataset(s.dataset, s.data_dir, train_size=s.train_size, test_size=s.test_size, seed=s.seed,
                         download=False)
     poisoned = build_attack(s.attack).poison(data.train, seed=s.seed)
     sd = s.defense.get("sd") or {}
-    model = _model_factory(s, data, init=False)(sd.get("model"))
+    model = run_model_factory(s, data, init=False)(sd.get("model"))
     stage = cell / "checkpoints" / "defense" / "sd"
     found = [p for p in (stage / SD_CHECKPOINTS / "last.safetensors", stage / "sd_finetune" / "last.safetensors")
              if p.is_file()]  # the second: runs from before the one SD trainer

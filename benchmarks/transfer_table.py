@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from advml.config import deep_merge, parse_assignments, validate
-from advml.evasion.run import TransferSettings, run_transfer
+from advml.experiments import TransferSettings, run_transfer
 
 
 def methods(bases: str, extras: str) -> list[str]:

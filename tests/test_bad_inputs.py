@@ -702,7 +702,7 @@ def test_a_results_table_locked_mid_bench_is_one_line_not_a_hang(tmp_path, monke
     ("advml.utils.io.tempfile.mkstemp", errno.EACCES, "cannot write (Permission denied)"),
 ])
 def test_a_full_disk_or_read_only_out_is_one_line(files, tmp_path, monkeypatch, where, err, fragment):
-    import advml.run  # noqa: F401  (imported before the patch: it only breaks writes)
+    import advml.experiments  # noqa: F401  (imported before the patch: it only breaks writes)
 
     def fail(*a, **k):
         raise OSError(err, os.strerror(err))

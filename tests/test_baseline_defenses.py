@@ -12,7 +12,7 @@ import torch
 from helpers.guards import TINY, guard_defenses
 from torch import nn
 
-import advml.run as run_module
+import advml.experiments.backdoor as run_module
 from advml.backdoor.defenses import DEFENSES, DefenseContext, build_defense
 from advml.backdoor.defenses.activation_clustering import ACSettings, activation_clustering, kmeans
 from advml.backdoor.defenses.base import oracle_clean_subset
@@ -21,8 +21,8 @@ from advml.backdoor.defenses.nad import NAD, at_loss, attention_map, stage_outpu
 from advml.backdoor.defenses.spectral import spectral_removed, spectral_scores
 from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
+from advml.experiments import load_settings, run_backdoor
 from advml.models import build_model
-from advml.run import load_settings, run_backdoor
 
 
 def _images(n: int, seed: int = 0, classes: int = 3) -> TensorImageDataset:
@@ -210,7 +210,7 @@ DEFENSES_TINY = [
 @pytest.mark.parametrize("defense", DEFENSES_TINY, ids=lambda d: d["name"])
 def test_baseline_run_end_to_end_reads_no_test_data_and_only_clean_oracle(tmp_path, monkeypatch, defense) -> None:
     state = {"in_defense": False, "clean": None, "poisoned": None}
-    real_setup = run_module._setup
+    real_setup = run_module.setup
 
     def setup(*args, **kwargs):
         out = real_setup(*args, **kwargs)
@@ -218,7 +218,7 @@ def test_baseline_run_end_to_end_reads_no_test_data_and_only_clean_oracle(tmp_pa
         return out
 
     guard_defenses(monkeypatch, state)
-    monkeypatch.setattr(run_module, "_setup", setup)
+    monkeypatch.setattr(run_module, "setup", setup)
     settings = load_settings(None, {**TINY, "defense": defense})
     m = run_backdoor(settings, tmp_path / "run").metrics
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -26,7 +26,7 @@ from advml.backdoor.defenses.mixmatch import (
 )
 from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError
-from advml.run import load_settings, run_backdoor
+from advml.experiments import load_settings, run_backdoor
 from advml.train import Batch
 
 
@@ -180,7 +180,7 @@ def test_dst_reports_its_compute_per_stage(tmp_path) -> None:
 def test_a_partial_preset_block_keeps_dbds_own_defaults():
     """defense_cpu gives DBD's encoder / warmup in part: the rest must be DBD's defaults, not the generic classes'."""
     from advml.backdoor.defenses.dbd import DBDSettings
-    from advml.run import load_settings
+    from advml.experiments import load_settings
 
     d = load_settings(None, {"defense": {"name": "dbd"}}, preset="defense_cpu").defense
     assert d["encoder"]["epochs"] == 10 and d["encoder"]["projection_bn"] and d["encoder"]["anchor_views"] == "first"

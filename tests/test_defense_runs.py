@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from advml.cli import app
 from advml.errors import ConfigError
-from advml.run import load_settings, run_backdoor
+from advml.experiments import load_settings, run_backdoor
 
 TINY_SD = {"warmup_epochs": 1, "finetune_epochs": 1}
 
@@ -77,7 +77,7 @@ def test_preset_resolves_per_defense_settings() -> None:
 
 def test_a_preset_extends_another_one_home_for_a_recipe(monkeypatch, tmp_path) -> None:
     """defense_cpu_full takes cifar_fast's airnet recipe (`extends`) and adds the defenses' settings over it."""
-    import advml.run as run
+    import advml.experiments.base as run
 
     fast = load_settings(None, {}, preset="cifar_fast")
     full = load_settings(None, {"defense": {"name": "d-st"}}, preset="defense_cpu_full")

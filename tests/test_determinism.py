@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from advml.config import validate
-from advml.evasion.run import TransferSettings, run_transfer
-from advml.run import load_settings, run_backdoor
+from advml.experiments import TransferSettings, load_settings, run_backdoor, run_transfer
 from advml.utils.io import load_tensors
 
 DBR = {"dataset": "sample", "train_size": 200, "test_size": 60, "model": "cnn_small",

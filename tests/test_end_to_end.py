@@ -2,7 +2,7 @@
 
 import pytest
 
-from advml.run import load_settings, run_backdoor
+from advml.experiments import load_settings, run_backdoor
 
 
 @pytest.mark.slow

@@ -181,7 +181,7 @@ def test_compile_falls_back_with_a_warning_where_unavailable(monkeypatch):
 
 
 def test_train_amp_false_reaches_every_stage_of_a_defense_run(tmp_path, monkeypatch, with_bf16):
-    from advml.run import load_settings, run_backdoor
+    from advml.experiments import load_settings, run_backdoor
     from advml.utils.io import load_json
 
     seen = []

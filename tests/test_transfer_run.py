@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from advml.cli import app
 from advml.config import validate
 from advml.errors import ConfigError
-from advml.evasion.run import TransferSettings, run_transfer
+from advml.experiments import TransferSettings, run_transfer
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def _settings(**kw):
 
 
 def test_transfer_run_writes_success_per_target_and_caches_the_zoo(cache, tmp_path):
-    m = run_transfer(_settings(), tmp_path / "run")
+    m = run_transfer(_settings(), tmp_path / "run").metrics
     assert set(m["success"]) == {"resnet18_narrow"} and 0 <= m["white_box"] <= 1
     assert set(m["success_at"]) == {"10", "12"} and m["n_images"] == 12
     for name, hits in m["outcomes"].items():  # per-image outcomes agree with the rates
@@ -34,7 +34,7 @@ def test_transfer_run_writes_success_per_target_and_caches_the_zoo(cache, tmp_pa
     assert (tmp_path / "run" / "success.png").is_file()
     cached = sorted(p.parent.parent.name for p in cache.rglob("model.safetensors"))
     assert cached == ["cnn_small", "resnet18_narrow"]
-    again = run_transfer(_settings(), tmp_path / "run2")  # same seed, cached models: the same numbers
+    again = run_transfer(_settings(), tmp_path / "run2").metrics  # same seed, cached models: the same numbers
     assert again == m
 
 
@@ -79,7 +79,7 @@ def test_nips17_layout(tmp_path):
 def test_cli_transfer_starts_from_the_given_surrogate_weights(cache, tmp_path, monkeypatch):
     import numpy as np
 
-    import advml.evasion.run as transfer_run
+    import advml.experiments.transfer as transfer_run
     from advml.models import build_model
     from advml.utils.io import save_tensors
 

@@ -20,8 +20,8 @@ import torch
 
 from advml.config import dump_yaml
 from advml.errors import ConfigError
+from advml.experiments import load_detect_settings, load_settings, run_backdoor, run_detect
 from advml.provenance import differences
-from advml.run import load_detect_settings, load_settings, run_backdoor, run_detect
 from advml.utils.rundir import MARKER
 
 BASE = {"train_size": 100, "test_size": 50, "model": "cnn_small",
@@ -568,7 +568,7 @@ def test_a_reused_backdoored_model_is_the_one_its_fingerprint_names(tmp_path, mo
 
     from advml import model_cache
     from advml.errors import DataError
-    from advml.run import load_settings, run_backdoor
+    from advml.experiments import load_settings, run_backdoor
 
     monkeypatch.setenv("ADVML_CACHE_DIR", str(tmp_path / "cache"))
     tiny = {"dataset": "sample", "train_size": 300, "test_size": 100, "model": "cnn_small", "reuse_backdoored": True,
@@ -592,8 +592,8 @@ def test_a_reused_backdoored_model_is_the_one_its_fingerprint_names(tmp_path, mo
     from advml.data import load_dataset
 
     data = load_dataset("sample", train_size=300, test_size=100, seed=0)
+    from advml.experiments.backdoor import backdoored_key as _backdoored_key
     from advml.models import build_model
-    from advml.run import _backdoored_key
 
     model = build_model("cnn_small", 10, mean=data.mean, std=data.std)
     planted = model_cache.entry(_backdoored_key(data_other, data, model))

@@ -287,7 +287,9 @@ def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Pa
         rows = store.rows()
         figures = store.figures()
         if spec is not None:
-            if spec.identity(preset) != recorded.identity(preset):
+            from advml.bench.runner import same_bench
+
+            if not same_bench(recorded, spec, preset):
                 raise ConfigError(f"{folder} holds a bench of other cells or settings than spec {spec.name!r} at "
                                   f"preset {preset!r}; its report keeps the recorded spec")
             store.set_meta("spec", spec.model_dump(mode="json"))

@@ -16,6 +16,7 @@ from advml.bench.spec import BenchSpec, Cell, Scale
 from advml.bench.store import ResultStore, code_version
 from advml.config import dump_yaml, load_yaml, validate
 from advml.errors import ConfigError, DataError
+from advml.experiments import EXPERIMENTS
 from advml.provenance import differences
 from advml.utils.io import load_json, write_text_atomic
 from advml.utils.rundir import RunFolder
@@ -23,14 +24,12 @@ from advml.utils.rundir import RunFolder
 
 def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
     """A cell's complete, validated run settings (so a bad grid fails before any work starts)."""
-    data = cell.settings(spec, preset)
-    if spec.kind == "backdoor":
-        from advml.run import load_settings
-
-        return load_settings(None, data, preset=spec.scale(preset).preset).model_dump(mode="json")
-    from advml.evasion.run import TransferSettings
-
-    return validate(TransferSettings, data, cell.id).model_dump(mode="json")
+    experiment = EXPERIMENTS.get(spec.kind)
+    try:
+        settings = experiment.load(None, cell.settings(spec, preset), preset=spec.scale(preset).preset)
+    except ConfigError as e:
+        raise ConfigError(f"{cell.id}: {e}") from None
+    return settings.model_dump(mode="json")
 
 
 def run_cell(kind: str, settings: dict[str, Any], folder: str, threads: int | None = None) -> dict[str, Any]:
@@ -39,15 +38,8 @@ def run_cell(kind: str, settings: dict[str, Any], folder: str, threads: int | No
 
     if threads:
         torch.set_num_threads(threads)
-    folder_path = Path(folder)
-    if kind == "backdoor":
-        from advml.run import BackdoorRunSettings, run_backdoor
-
-        s = validate(BackdoorRunSettings, settings)
-        return run_backdoor(s, folder_path, resume=folder_path.is_dir()).metrics
-    from advml.evasion.run import TransferSettings, run_transfer
-
-    return run_transfer(validate(TransferSettings, settings), folder_path, overwrite=True)
+    experiment = EXPERIMENTS.get(kind)
+    return experiment.run_cell(validate(experiment.settings, settings), Path(folder)).metrics
 
 
 def _finished(folder: Path) -> bool:
@@ -63,26 +55,24 @@ def _without_progress(data: Any) -> Any:
 def _check_same(kind: str, folder: Path, settings: dict[str, Any], cell_id: str) -> None:
     """A finished cell is reused only when it ran with this cell's settings (progress bars aside); its config is
     read through today's settings, so a setting added since then counts with its default."""
-    config = folder / "config.yaml"
-    if not config.is_file():
+    experiment = EXPERIMENTS.get(kind)
+    recorded = experiment.recorded(folder)
+    if recorded is None:
         return
-    if kind == "backdoor":
-        from advml.run import BackdoorRunSettings as Model
-    else:
-        from advml.evasion.run import TransferSettings as Model
     try:
-        before = validate(Model, load_yaml(config)).model_dump(mode="json")
+        before = validate(experiment.settings, recorded).model_dump(mode="json")
     except ConfigError:
-        before = load_yaml(config)
+        before = recorded
     diff = differences(_without_progress(before), _without_progress(settings))
     if diff:
         raise ConfigError(f"cell {cell_id} in {folder.parent.parent} finished with other settings than the spec "
                           f"now gives ({', '.join(diff[:4])}); delete {folder} to rerun it, or use a new --out")
 
 
-def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], version: str) -> None:
+def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], version: str,
+            spec_kind: str = "backdoor") -> None:
     metrics = load_json(folder / "metrics.json")
-    config = load_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    config = EXPERIMENTS.get(spec_kind).recorded(folder) or {}
     timing = load_json(folder / "timing.json") if (folder / "timing.json").is_file() else {}
     seconds = timing.get("seconds") if isinstance(timing, dict) else None
     if not isinstance(metrics, dict) or not (seconds is None or isinstance(seconds, (int, float))):
@@ -130,11 +120,20 @@ def _ray(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callabl
     bar.close()
 
 
+def same_bench(before: BenchSpec, spec: BenchSpec, preset: str) -> bool:
+    """Whether two specs give, at `preset`, the same cells with the same run settings and the same table (settings
+    compared once resolved, so moving them into a packaged preset is no change)."""
+    if before.identity(preset) != spec.identity(preset):
+        return False
+    return all(cell_settings(before, preset, a) == cell_settings(spec, preset, b)
+               for a, b in zip(before.cells(preset), spec.cells(preset)))
+
+
 def _same_bench(previous: dict[str, Any], spec: BenchSpec, preset: str) -> bool:
-    """Whether a folder's recorded spec and preset give the same cells and table as `spec` at `preset`."""
+    """Whether a folder's recorded spec and preset are `spec` at `preset` (see `same_bench`)."""
     try:
         before = validate(BenchSpec, previous.get("spec", {}))
-        return previous.get("preset") == preset and before.identity(preset) == spec.identity(preset)
+        return previous.get("preset") == preset and same_bench(before, spec, preset)
     except ConfigError:  # another spec, or one without this preset
         return False
 
@@ -185,12 +184,12 @@ def _run_bench(spec: BenchSpec, preset: str, out: Path, cells: list[Cell], setti
         if _finished(folder):
             _check_same(spec.kind, folder, settings[c.id], c.id)
             if c.id not in recorded:  # finished before a kill, not yet recorded
-                _record(store, c, folder, spec.table_at(preset).figures, version)
+                _record(store, c, folder, spec.table_at(preset).figures, version, spec.kind)
         else:
             jobs.append((c, settings[c.id], folder))
 
     def done(cell: Cell, folder: Path) -> None:
-        _record(store, cell, folder, spec.table_at(preset).figures, version)
+        _record(store, cell, folder, spec.table_at(preset).figures, version, spec.kind)
 
     start = time.perf_counter()
     try:

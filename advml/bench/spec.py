@@ -96,7 +96,7 @@ class BenchSpec(Settings):
 
     name: str
     title: str = ""
-    kind: Literal["backdoor", "transfer"]
+    kind: str = Field(description="the experiment each cell runs: backdoor, detect or transfer (advml.experiments)")
     grid: dict[str, list[Any]] = Field(description="dotted setting -> values; the cells are their product")
     models: list[str] | None = Field(None, description="transfer: the zoo; each cell's targets are the models "
                                                        "other than its surrogate")
@@ -105,6 +105,14 @@ class BenchSpec(Settings):
     labels: dict[str, str] = Field(default_factory=dict, description="display names in the report: a grid key "
                                    "('attack.name': attack) or 'key=value' ('method=mi-ti-di': MI-TI-DI); default: "
                                    "the registry's title of the value, else the value")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        from advml.experiments import EXPERIMENTS
+
+        EXPERIMENTS.get(v)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -140,12 +148,12 @@ class BenchSpec(Settings):
         return [Cell(dict(zip(keys, values))) for values in itertools.product(*grid.values())]
 
     def identity(self, preset: str) -> dict[str, Any]:
-        """What makes a bench folder this spec at `preset`: its cells, their settings and its table. Other presets,
-        the title and scheduling hints (cpus, gpus, hours) may change without making a folder another bench."""
-        s = self.scale(preset)
+        """What makes a bench folder this spec at `preset`, besides its cells' resolved run settings (the runner
+        compares those): its cells, zoo and table. Other presets, the title and scheduling hints (cpus, gpus,
+        hours) may change without making a folder another bench."""
         return {"name": self.name, "kind": self.kind, "cells": [c.params for c in self.cells(preset)],
-                "models": self.models_at(preset), "preset": preset, "run_preset": s.preset, "settings": s.settings,
-                "overrides": s.overrides, "table": self.table_at(preset).model_dump(mode="json")}
+                "models": self.models_at(preset), "preset": preset,
+                "table": self.table_at(preset).model_dump(mode="json")}
 
     def label(self, key: str, value: Any = None) -> str:
         """The display name of a grid key (value None) or of one of its values."""

@@ -24,13 +24,6 @@ def check_unit_range(x: Tensor, name: str, error: type[AdvmlError] = InputError)
     return x
 
 
-def check_finite(x: Tensor, name: str, error: type[AdvmlError] = InputError) -> Tensor:
-    """Raise `error` if the tensor `x` holds NaN or inf."""
-    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
-        raise error(f"{name}: NaN or inf values")
-    return x
-
-
 def check_images(x: object, name: str = "images", channels: int | None = None) -> Tensor:
     """Raise InputError unless `x` is a float tensor (N,C,H,W) with values in [0,1] (so no NaN or inf)."""
     if not isinstance(x, Tensor):

@@ -32,7 +32,7 @@ class GuardedTest(ImageDataset):
 
 def guard_defenses(monkeypatch, state: dict) -> None:
     """Make every defense run fail if it reads the test split or sees poison flags; record its clean subset."""
-    from advml import run as run_module
+    import advml.experiments.backdoor as run_module
     from advml.backdoor.defenses.base import Defense
 
     real_load = run_module.load_dataset

@@ -18,7 +18,7 @@ LIMIT = 4 * 2**30
 def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))  # before any import: the whole process lives under it
     import advml.cli  # noqa: F401  (the commands and what they import, once)
-    import advml.run  # noqa: F401
+    import advml.experiments  # noqa: F401
 
     cases, out = json.loads(open(sys.argv[1]).read()), sys.argv[2]
     results = []

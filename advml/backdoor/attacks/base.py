@@ -103,10 +103,6 @@ class BackdoorAttack:
         new = self.target_labels(train.labels[idx], train.num_classes)
         return PoisonedDataset(train, idx, self.trigger_for(train), new, train=True, settings=self.describe())
 
-    def get_poisoned_dataset(self, train: ImageDataset, *, seed: int = 0) -> PoisonedDataset:
-        """Alias of `poison`, for BackdoorBox users."""
-        return self.poison(train, seed=seed)
-
     def backdoor_test_set(self, test: ImageDataset) -> PoisonedDataset:
         """Every test image whose label is not the target (all2one; all of them for all2all), triggered, with
         the attack's target labels, so that ASR = accuracy on this set."""

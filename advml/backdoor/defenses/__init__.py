@@ -33,6 +33,7 @@ from advml.backdoor.defenses.sd import (
     split_by_score,
 )
 from advml.backdoor.defenses.spectral import SpectralSignatures
+from advml.config import deep_merge
 from advml.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
@@ -57,12 +58,30 @@ for _name, _title in {"none": "No defense", "d-br": "D-BR", "d-st": "D-ST", "bas
     DEFENSES.set_title(_name, _title)  # display names in tables and reports
 
 
+def apply_defense_presets(data: dict[str, Any]) -> dict[str, Any]:
+    """Resolve a preset's per-defense layers in merged run settings: `defense_presets[<name>]` goes under the run's
+    own defense settings, and the top-level `sd` (the SD module shared by D-BR, D-ST and `advml detect`) under those
+    of a defense that uses the SD module; what the layers set explicitly wins."""
+    data = dict(data)
+    per_defense = data.pop("defense_presets", None) or {}
+    defense = data.get("defense", {"name": "none"})
+    if isinstance(defense, str):
+        defense = {"name": defense}
+    name = defense.get("name", "none")
+    base = dict(per_defense.get(name) or {})
+    if "sd" in data and name in DEFENSES and DEFENSES.get(name).uses_sd_module:
+        base["sd"] = deep_merge(data["sd"], base.get("sd", {}))
+    if base:
+        data["defense"] = deep_merge(base, defense)
+    return data
+
+
 def build_defense(spec: str | dict[str, Any], **settings: Any) -> Defense:
     """A defense from a name plus settings, or from a mapping {'name': ..., **settings}."""
     return DEFENSES.build(spec, **settings)
 
 
 __all__ = ["ABL", "DBD", "DBR", "DEFENSES", "DST", "TRANSFORMS", "Baseline1", "Baseline2", "Defense", "DefenseContext",
-           "DefenseResult", "DefenseSettings", "NoDefense", "SDSettings", "Split", "build_defense",
-           "contrastive_loss", "distinguish", "fct_histogram", "fct_scores", "split_by_score", "train_encoder",
-           "train_probe", "untrusted_view"]
+           "DefenseResult", "DefenseSettings", "NoDefense", "SDSettings", "Split", "apply_defense_presets",
+           "build_defense", "contrastive_loss", "distinguish", "fct_histogram", "fct_scores", "split_by_score",
+           "train_encoder", "train_probe", "untrusted_view"]

@@ -78,6 +78,7 @@ class Defense:
     Settings: ClassVar[type[DefenseSettings]] = DefenseSettings
     needs_backdoored_model: ClassVar[bool] = False
     needs_clean_data: ClassVar[bool] = False  # True: settings have `clean_fraction`; run_backdoor fills ctx.clean_data
+    uses_sd_module: ClassVar[bool] = False  # True: settings have `sd`, which a preset's top-level `sd` layers under
 
     def __init__(self, settings: DefenseSettings | None = None, **kwargs: Any) -> None:
         if settings is not None and kwargs:

@@ -45,6 +45,7 @@ class DBR(Defense):
     """Backdoor removal: SD split, then each epoch one ascent pass over D_p and one descent pass over D_c."""
 
     name = "d-br"
+    uses_sd_module = True
     Settings = DBRSettings
     needs_backdoored_model = True
 

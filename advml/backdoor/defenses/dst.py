@@ -56,6 +56,7 @@ class DST(Defense):
     """SD split -> SS-CTL encoder on all samples -> MCE linear classifier on D_c and D_p."""
 
     name = "d-st"
+    uses_sd_module = True
     Settings = DSTSettings
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:

@@ -1,5 +1,5 @@
-"""`run_transfer(settings, out)`: craft adversarial examples on a surrogate and measure their success on
-target models (and white-box on the surrogate), at several iteration counts; metrics.json + a heat-map."""
+"""A transfer run: `run_transfer(settings, out)` crafts adversarial examples on a surrogate and measures their
+success on target models (and white-box on the surrogate) at several iteration counts; metrics.json + a heat-map."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from advml.config import Seed, Settings, dump_yaml
+from advml.config import Seed, Settings, dump_yaml, validate
 from advml.data import load_dataset
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
 from advml.evasion.methods import compose, parse
 from advml.evasion.zoo import ZooSettings, zoo_model
+from advml.experiments.base import EXPERIMENTS, Experiment, RunResult, comparable, layers, prepare_out
 from advml.metrics import predict
 from advml.models import MODELS, build_model, load_weights
 from advml.provenance import file_sha256
-from advml.run import comparable, prepare_out
 from advml.stats import wilson
 from advml.utils.io import atomic_path, write_json, write_text_atomic
 from advml.utils.precision import AmpSetting, parse_amp, resolve_precision, set_precision
@@ -134,17 +134,27 @@ def evaluation_images(test: ImageDataset, models: list[nn.Module], n: int, num_c
     return x, y, targets, idx
 
 
-def run_transfer(settings: TransferSettings, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
-    """Attack the surrogate with `settings.method`; success on every target and white-box."""
+def load_transfer_settings(config: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
+                           preset: str | None = None) -> TransferSettings:
+    """Defaults < packaged transfer preset < YAML file < overrides, validated."""
+    return validate(TransferSettings, layers(config, overrides, preset, "transfer"))
+
+
+def run_transfer(settings: TransferSettings, out: str | Path, *, resume: bool = False,
+                 overwrite: bool = False) -> RunResult:
+    """Attack the surrogate with `settings.method`; success on every target and white-box. A transfer run has no
+    checkpoints to resume from: rerun an unfinished one with `overwrite` (its zoo models come from the cache)."""
     start = time.perf_counter()
-    folder = prepare_out(out, resume=False, overwrite=overwrite, kind="transfer")
+    if resume:
+        raise ConfigError("a transfer run has no checkpoints to resume from; rerun it with --overwrite")
+    folder = prepare_out(out, "transfer", resume=False, overwrite=overwrite)
     try:
         return _run_transfer(settings, folder, overwrite=overwrite, start=start)
     finally:
         folder.release()
 
 
-def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: bool, start: float) -> dict[str, Any]:
+def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: bool, start: float) -> RunResult:
     out = folder.path
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
@@ -219,7 +229,7 @@ def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: b
     precision = resolve_precision(settings.amp, device, surrogate).describe()
     write_json(out / "timing.json", {"seconds": folder.scope.seconds(), "precision": precision})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
-    return metrics
+    return RunResult(out, metrics)
 
 
 def heatmap(success_at: dict[str, dict[str, float]], path: Path, title: str) -> None:
@@ -245,3 +255,8 @@ def heatmap(success_at: dict[str, dict[str, float]], path: Path, title: str) -> 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+EXPERIMENTS.add("transfer", Experiment("transfer", TransferSettings, load_transfer_settings, run_transfer, "transfer",
+                                       resumable=False),
+                "craft adversarial examples on a surrogate, measure their success on target models")
