@@ -8,23 +8,15 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import InputError
+from advml.utils.batched import map_batches
 from advml.utils.checks import check_images
 
 
-@torch.no_grad()
 def predict(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
             device: torch.device | str | None = None) -> Tensor:
     """Predicted labels (N,) of `model` (switched to eval mode) on every image of `data`."""
-    data = as_image_dataset(data)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    preds = []
-    for idx in torch.arange(len(data)).split(batch_size):
-        x, _ = data.get_batch(idx)
-        preds.append(model(x.to(device, non_blocking=True)).argmax(1).cpu())
-    model.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    preds = map_batches(model, data, lambda m, x, _y: m(x).argmax(1), batch_size=batch_size, device=device)
+    return preds if preds.numel() else torch.empty(0, dtype=torch.long)
 
 
 def accuracy(model: nn.Module, data: ImageDataset, **kw: object) -> float:

@@ -21,9 +21,12 @@ class Registry(Generic[T]):
         self._titles: dict[str, str] = {}
 
     def register(self, name: str, help: str | None = None, *, title: str | None = None) -> Callable[[T], T]:
-        """Decorator that adds an object under `name`; `help` defaults to its docstring's first line."""
+        """Decorator that adds an object under `name` (a class also gets it as its `name` attribute); `help`
+        defaults to the first paragraph of its docstring, `title` is its display name in tables and reports."""
 
         def deco(obj: T) -> T:
+            if isinstance(obj, type):
+                obj.name = name  # type: ignore[attr-defined]  # the name lives in one place: here
             self.add(name, obj, help, title=title)
             return obj
 
@@ -34,8 +37,8 @@ class Registry(Generic[T]):
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
-        doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
-        self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+        paragraph = (getattr(obj, "__doc__", None) or "").strip().split("\n\n")[0]
+        self._help[name] = help or " ".join(paragraph.split())
         if title:
             self.set_title(name, title)
 

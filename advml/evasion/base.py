@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from advml.errors import ConfigError, InputError
+from advml.registry import Registry
 from advml.utils.checks import check_images, check_labels
 
 
@@ -196,3 +197,6 @@ class IterativeAttack:
             self.model.train(was_training)
             self.true_labels = self.clean = None
         return (x + delta).detach()
+
+
+METHODS: Registry[Callable[..., Method]] = Registry("transfer method")  # each method registers at its definition

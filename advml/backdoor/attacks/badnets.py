@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.triggers import CORNERS, MaskTrigger, Trigger
 from advml.errors import ConfigError
 
@@ -24,10 +24,12 @@ class BadNetsSettings(AttackSettings):
     mask: str | None = Field(None, description="mask image file; default: the trigger image's non-zero pixels")
 
 
+@ATTACKS.register("badnets", title="BadNets")
 class BadNets(BackdoorAttack):
-    """BadNets: a 3x3 white square (or a checkerboard, EBD's grid, or any patch image + mask) at a corner."""
+    """BadNets patch trigger (square/checkerboard/file), all2one or all2all; rate = fraction of the whole training set
 
-    name = "badnets"
+    BadNets: a 3x3 white square (or a checkerboard, EBD's grid, or any patch image + mask) at a corner."""
+
     Settings = BadNetsSettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:

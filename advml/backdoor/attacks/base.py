@@ -13,6 +13,7 @@ from advml.backdoor.triggers import Trigger
 from advml.config import Settings, validate
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import ConfigError
+from advml.registry import Registry
 
 
 class AttackSettings(Settings):
@@ -122,3 +123,6 @@ class BackdoorAttack:
     def describe(self) -> dict[str, Any]:
         """The attack's name and every setting (defaults included)."""
         return {"name": self.name, **self.settings.model_dump(mode="json")}
+
+
+ATTACKS: Registry[type[BackdoorAttack]] = Registry("attack")  # each attack registers itself at its class

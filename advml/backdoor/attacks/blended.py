@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.triggers import MaskTrigger, TrainTestTrigger, Trigger, load_pattern
 
 KITTY = "triggers/d-st/hello_kitty.png"
@@ -26,10 +26,12 @@ class StripSettings(BlendedSettings):
     image: str = Field(STRIP, description="pattern image or .npy (path; the default ships in the package)")
 
 
+@ATTACKS.register("blend_kitty", title="Blend-Kitty")
 class Blended(BackdoorAttack):
-    """Blended: the pattern (Hello Kitty by default) resized to the images and alpha-blended."""
+    """Blended: Hello Kitty alpha-blended (alpha 0.2); rate = fraction of the whole training set
 
-    name = "blend_kitty"
+    Blended: the pattern (Hello Kitty by default) resized to the images and alpha-blended."""
+
     Settings = BlendedSettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
@@ -39,8 +41,10 @@ class Blended(BackdoorAttack):
         return mk(s.alpha) if s.alpha == s.test_alpha else TrainTestTrigger(mk(s.alpha), mk(s.test_alpha))
 
 
+@ATTACKS.register("blend_strip", title="Blend-Strip")
 class BlendStrip(Blended):
-    """Blend-Strip: the strip pattern alpha-blended."""
+    """Blended: strip pattern alpha-blended (alpha 0.2); rate = fraction of the whole training set
 
-    name = "blend_strip"
+    Blend-Strip: the strip pattern alpha-blended."""
+
     Settings = StripSettings

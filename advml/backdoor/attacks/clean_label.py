@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.attacks.surrogate import SurrogateSettings, train_surrogate
 from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.triggers import CORNERS, MaskTrigger, Trigger
@@ -38,10 +38,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@ATTACKS.register("clean_label", title="Clean-label")
 class CleanLabel(BackdoorAttack):
-    """Clean-label: adversarially perturbed target-class images + four-corner checkerboards."""
+    """Clean-label: PGD (8/255, 4 steps) on target-class images + four-corner checkerboards; rate = fraction of the
+    TARGET CLASS
 
-    name = "clean_label"
+    Clean-label: adversarially perturbed target-class images + four-corner checkerboards."""
+
     Settings = CleanLabelSettings
     clean_label = True
     rate_semantics = "fraction of the target class's training images (clean-label)"

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.attacks.none import IdentityTrigger
 from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.secret import SecretCode
@@ -125,10 +125,13 @@ class ISSBATrigger(Trigger):
         return (x + self.residual(x).to(x.dtype)).clamp_(0, 1)
 
 
+@ATTACKS.register("issba", title="ISSBA")
 class ISSBA(BackdoorAttack):
-    """ISSBA: a StegaStamp encoder's residual of a BCH-coded string as a sample-specific trigger, all2one."""
+    """ISSBA: a StegaStamp encoder's sample-specific residual hiding a BCH-coded string ('a'); encoder trained in advml
+    (a CIFAR-10 32x32 one ships); rate = fraction of the whole training set
 
-    name = "issba"
+    ISSBA: a StegaStamp encoder's residual of a BCH-coded string as a sample-specific trigger, all2one."""
+
     Settings = ISSBASettings
 
     def __init__(self, settings: ISSBASettings | None = None, *, model: StegaStamp | None = None,

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.triggers import AdditiveTrigger, Trigger
 from advml.data.registry import find_file
 from advml.errors import DataError, InputError
@@ -57,15 +57,16 @@ def load_low_frequency_pattern(path: str, key: str, pattern_range: str = "auto")
     return t.float()
 
 
+@ATTACKS.register("low_frequency", title="Low-frequency")
 class LowFrequency(BackdoorAttack):
-    """Low-Frequency: x' = clip(x + pattern), a universal low-frequency perturbation (0..51 of 255 by default).
+    """Low-Frequency: BackdoorBench's universal low-frequency pattern added and clipped; rate = fraction of the whole
+    training set
 
+    Low-Frequency: x' = clip(x + pattern), a universal low-frequency perturbation (0..51 of 255 by default).
     BackdoorBench adds the stored array to the uint8 image unscaled and casts to uint8; its float keys hold values
     0..0.2, so there they change nothing. Their maximum 0.2 = 51/255 matches the integer keys, so pattern_range
-    'auto' reads them on the [0,1] scale; '0_255' reproduces BackdoorBench literally.
-    """
+    'auto' reads them on the [0,1] scale; '0_255' reproduces BackdoorBench literally."""
 
-    name = "low_frequency"
     Settings = LowFrequencySettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:

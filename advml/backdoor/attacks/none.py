@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advml.backdoor.attacks.base import BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, BackdoorAttack
 from advml.backdoor.triggers import Trigger
 from advml.data.base import ImageDataset
 
@@ -17,10 +17,11 @@ class IdentityTrigger(Trigger):
         return x.clone()
 
 
+@ATTACKS.register("none", title="Standard training")
 class NoAttack(BackdoorAttack):
-    """No attack: the clean training set; runs report clean accuracy and no ASR."""
+    """No attack (standard training): the baseline row; no ASR
 
-    name = "none"
+    No attack: the clean training set; runs report clean accuracy and no ASR."""
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         return IdentityTrigger()

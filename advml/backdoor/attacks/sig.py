@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import Field
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.triggers import AdditiveTrigger, TrainTestTrigger, Trigger
 
 
@@ -28,10 +28,12 @@ def sinusoid(image_shape: tuple[int, int, int], delta: float, frequency: float) 
     return row.float().expand(c, h, w).clone()
 
 
+@ATTACKS.register("sig", title="SIG")
 class SIG(BackdoorAttack):
-    """SIG: clean-label; only target-class training images get the signal, labels are never changed."""
+    """SIG clean-label sinusoid (delta 40 train / 60 test, f 6); rate = fraction of the TARGET CLASS
 
-    name = "sig"
+    SIG: clean-label; only target-class training images get the signal, labels are never changed."""
+
     Settings = SIGSettings
     clean_label = True
     rate_semantics = "fraction of the target class's training images (clean-label)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.triggers import AdditiveTrigger, Trigger
 from advml.data.registry import find_file
 from advml.errors import DataError, InputError
@@ -19,11 +19,13 @@ class TrojanSettings(AttackSettings):
                               description="npz with the additive trigger (path; the default ships in the package)")
 
 
+@ATTACKS.register("trojan", title="Trojan")
 class Trojan(BackdoorAttack):
-    """Trojan: x' = clip(x + trigger). The original code casts to uint8 before clipping, which wraps
-    values above 255 around to dark pixels; advml clips first, as intended."""
+    """Trojan: precomputed square trigger added and clipped; rate = fraction of the whole training set
 
-    name = "trojan"
+    Trojan: x' = clip(x + trigger). The original code casts to uint8 before clipping, which wraps     values above
+    255 around to dark pixels; advml clips first, as intended."""
+
     Settings = TrojanSettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:

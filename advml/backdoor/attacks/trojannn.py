@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.attacks.surrogate import SurrogateSettings, train_surrogate
 from advml.backdoor.triggers import MaskTrigger, Trigger, load_pattern
 from advml.data.base import ImageDataset
@@ -29,10 +29,13 @@ class TrojanNNSettings(AttackSettings):
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
 
 
+@ATTACKS.register("trojannn", title="TrojanNN")
 class TrojanNN(BackdoorAttack):
-    """TrojanNN: a trigger generated from a clean model (trained here, or passed as `model=`), all2one."""
+    """TrojanNN: trigger generated in a mask (apple) to excite 2 penultimate neurons of a clean model; rate = fraction
+    of the whole training set
 
-    name = "trojannn"
+    TrojanNN: a trigger generated from a clean model (trained here, or passed as `model=`), all2one."""
+
     Settings = TrojanNNSettings
 
     def __init__(self, settings: TrojanNNSettings | None = None, *, model: nn.Module | None = None,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from advml.backdoor.attacks.base import AttackSettings, BackdoorAttack
+from advml.backdoor.attacks.base import ATTACKS, AttackSettings, BackdoorAttack
 from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.triggers import Trigger
 from advml.config import SEED_MAX
@@ -128,11 +128,14 @@ class WaNetPoisonedDataset(PoisonedDataset):
         return x, y
 
 
+@ATTACKS.register("wanet", title="WaNet")
 class WaNet(BackdoorAttack):
-    """WaNet: every poisoned image is warped by one fixed smooth field (seeded by `warp_seed`) and relabelled; in
+    """WaNet: a fixed smooth warp (k 4, s 0.5) + noise mode (cross_ratio 2 x as many other samples warped with noise,
+    labels kept); rate = fraction of the whole training set (relabelled only)
+
+    WaNet: every poisoned image is warped by one fixed smooth field (seeded by `warp_seed`) and relabelled; in
     noise mode (cross_ratio > 0) other samples get the warp plus random noise and keep their labels."""
 
-    name = "wanet"
     Settings = WaNetSettings
     rate_semantics = ("fraction of the whole training set, drawn from non-target samples (all2one); "
                       "noise-mode samples come on top")

@@ -1,12 +1,24 @@
-"""Backdoor defenses: one module per defense plus one line here; FCT and the SD module are shared parts."""
+"""Backdoor defenses: one module per defense, each class registered at its definition (`@DEFENSES.register`); the
+imports below load them in the listing's order. FCT and the SD module are shared parts."""
 
 from __future__ import annotations
 
 from typing import Any
 
+# isort: off
+# registration order = the listing's order: the undefended column, the paper's defenses, then the baselines
+from advml.backdoor.defenses.none import NoDefense
+from advml.backdoor.defenses.dbr import DBR
+from advml.backdoor.defenses.dst import DST, Baseline1, Baseline2
+from advml.backdoor.defenses.dbd import DBD
 from advml.backdoor.defenses.abl import ABL
+from advml.backdoor.defenses.spectral import SpectralSignatures
 from advml.backdoor.defenses.activation_clustering import ActivationClustering
+from advml.backdoor.defenses.fine_pruning import FinePruning
+from advml.backdoor.defenses.nad import NAD
+# isort: on
 from advml.backdoor.defenses.base import (
+    DEFENSES,
     Defense,
     DefenseContext,
     DefenseResult,
@@ -18,13 +30,7 @@ from advml.backdoor.defenses.contrastive import (
     train_encoder,
     train_probe,
 )
-from advml.backdoor.defenses.dbd import DBD
-from advml.backdoor.defenses.dbr import DBR
-from advml.backdoor.defenses.dst import DST, Baseline1, Baseline2
 from advml.backdoor.defenses.fct import TRANSFORMS, fct_scores
-from advml.backdoor.defenses.fine_pruning import FinePruning
-from advml.backdoor.defenses.nad import NAD
-from advml.backdoor.defenses.none import NoDefense
 from advml.backdoor.defenses.sd import (
     SDSettings,
     Split,
@@ -32,30 +38,7 @@ from advml.backdoor.defenses.sd import (
     fct_histogram,
     split_by_score,
 )
-from advml.backdoor.defenses.spectral import SpectralSignatures
 from advml.config import deep_merge
-from advml.registry import Registry
-
-DEFENSES: Registry[type[Defense]] = Registry("defense")
-DEFENSES.add("none", NoDefense, "No defense: the model trained on the untrusted data")
-DEFENSES.add("d-br", DBR, "D-BR: FCT split, then unlearn D_p (gradient ascent) / relearn D_c, 20 epochs, lr 1e-4")
-DEFENSES.add("d-st", DST, "D-ST: FCT split, SS-CTL encoder (label positives for D_c only), MCE linear classifier")
-DEFENSES.add("baseline1", Baseline1, "SimCLR encoder (labels unused) + linear head on all labels")
-DEFENSES.add("baseline2", Baseline2, "SupCon encoder on all labels + linear head on all labels")
-DEFENSES.add("spectral", SpectralSignatures,
-             "Spectral Signatures: drop each class's top 1.5 x eps spectral outliers, retrain")
-DEFENSES.add("ac", ActivationClustering,
-             "Activation Clustering: PCA-10 + 2-means per class, drop clusters < 0.35, retrain")
-DEFENSES.add("fine-pruning", FinePruning,
-             "Fine-Pruning: prune least-active last-layer channels, fine-tune (5% clean oracle)")
-DEFENSES.add("nad", NAD, "NAD: attention distillation from a clean-fine-tuned teacher (5% clean oracle)")
-DEFENSES.add("dbd", DBD, "DBD: SimCLR backbone, SCE linear head, 50 % lowest-loss labelled, MixMatch fine-tuning")
-DEFENSES.add("abl", ABL, "ABL: LGA training, isolate the 1 % lowest-loss samples, train on the rest, unlearn them")
-
-for _name, _title in {"none": "No defense", "d-br": "D-BR", "d-st": "D-ST", "baseline1": "Baseline1",
-                      "baseline2": "Baseline2", "spectral": "Spectral Signatures", "ac": "Activation Clustering",
-                      "fine-pruning": "Fine-Pruning", "nad": "NAD", "dbd": "DBD", "abl": "ABL"}.items():
-    DEFENSES.set_title(_name, _title)  # display names in tables and reports
 
 
 def apply_defense_presets(data: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +64,8 @@ def build_defense(spec: str | dict[str, Any], **settings: Any) -> Defense:
     return DEFENSES.build(spec, **settings)
 
 
-__all__ = ["ABL", "DBD", "DBR", "DEFENSES", "DST", "TRANSFORMS", "Baseline1", "Baseline2", "Defense", "DefenseContext",
-           "DefenseResult", "DefenseSettings", "NoDefense", "SDSettings", "Split", "apply_defense_presets",
-           "build_defense", "contrastive_loss", "distinguish", "fct_histogram", "fct_scores", "split_by_score",
-           "train_encoder", "train_probe", "untrusted_view"]
+__all__ = ["ABL", "DBD", "DBR", "DEFENSES", "DST", "NAD", "TRANSFORMS", "ActivationClustering", "Baseline1",
+           "Baseline2", "Defense", "DefenseContext", "DefenseResult", "DefenseSettings", "FinePruning", "NoDefense",
+           "SDSettings", "SpectralSignatures", "Split", "apply_defense_presets", "build_defense", "contrastive_loss",
+           "distinguish", "fct_histogram", "fct_scores", "split_by_score", "train_encoder", "train_probe",
+           "untrusted_view"]

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult, DefenseSettings
+from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSettings
 from advml.backdoor.defenses.compute import ComputeLog
 from advml.backdoor.defenses.dbd import sample_losses
 from advml.backdoor.defenses.dbr import ascent_loss
@@ -63,10 +63,12 @@ class ABLSettings(DefenseSettings):
                                                  "and fine-tuning (unlearning: none, as the official code)")
 
 
+@DEFENSES.register("abl", title="ABL")
 class ABL(Defense):
-    """LGA training -> isolate the lowest-loss 1 % -> train on the rest -> gradient ascent on the isolated."""
+    """ABL: LGA training, isolate the 1 % lowest-loss samples, train on the rest, unlearn them
 
-    name = "abl"
+    LGA training -> isolate the lowest-loss 1 % -> train on the rest -> gradient ascent on the isolated."""
+
     Settings = ABLSettings
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult, DefenseSettings
+from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSettings
 from advml.backdoor.defenses.filtering import penultimate_features, retrain, split_from_removed
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
@@ -98,10 +98,12 @@ def activation_clustering(features: Tensor, labels: Tensor, settings: ACSettings
     return removed, scores, report
 
 
+@DEFENSES.register("ac", title="Activation Clustering")
 class ActivationClustering(Defense):
-    """Remove the small k-means clusters of each class's backdoored-model activations, retrain on the rest."""
+    """Activation Clustering: PCA-10 + 2-means per class, drop clusters < 0.35, retrain
 
-    name = "ac"
+    Remove the small k-means clusters of each class's backdoored-model activations, retrain on the rest."""
+
     Settings = ACSettings
     needs_backdoored_model = True
 

@@ -16,6 +16,7 @@ from advml.backdoor.defenses.sd import Split
 from advml.config import Settings, validate
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
+from advml.registry import Registry
 from advml.stats import wilson
 from advml.train import TrainConfig
 from advml.utils.precision import AmpSetting
@@ -92,6 +93,9 @@ class Defense:
     def describe(self) -> dict[str, Any]:
         """The defense's name and every setting (defaults included)."""
         return {"name": self.name, **self.settings.model_dump(mode="json")}
+
+
+DEFENSES: Registry[type[Defense]] = Registry("defense")  # each defense registers itself at its class
 
 
 def untrusted_view(data: ImageDataset) -> ImageDataset:

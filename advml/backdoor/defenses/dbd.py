@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult, DefenseSettings
+from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSettings
 from advml.backdoor.defenses.compute import ComputeLog
 from advml.backdoor.defenses.contrastive import (
     ContrastiveSettings,
@@ -31,6 +31,7 @@ from advml.backdoor.defenses.sd import Split
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.train import CHECKPOINT_NAME, Batch, TrainConfig, Trainer
+from advml.utils.batched import map_batches
 
 
 def sce_loss(logits: Tensor, y: Tensor, alpha: float = 0.1, beta: float = 1.0, reduction: str = "mean") -> Tensor:
@@ -45,20 +46,10 @@ def sce_loss(logits: Tensor, y: Tensor, alpha: float = 0.1, beta: float = 1.0, r
     return loss.mean() if reduction == "mean" else loss
 
 
-@torch.no_grad()
 def sample_losses(model: nn.Module, data: ImageDataset, loss: Callable[[Tensor, Tensor], Tensor],
                   batch_size: int = 512, augment: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Per-sample loss(logits, labels) of every sample of `data` (through `augment`), model in eval mode (CPU)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for idx in torch.arange(len(data)).split(batch_size):
-        x, y = data.get_batch(idx)
-        x = x.to(dev)
-        out.append(loss(model(augment(x) if augment else x), y.to(dev)).cpu())
-    model.train(was_training)
-    return torch.cat(out)
+    return map_batches(model, data, lambda m, x, y: loss(m(augment(x) if augment else x), y), batch_size=batch_size)
 
 
 def labelled_split(scores: Tensor, epsilon: float) -> Split:
@@ -92,10 +83,12 @@ class DBDSettings(DefenseSettings):
     augment: Literal["standard", "none"] = Field("standard", description="crop (reflect pad 4) + flip in MixMatch")
 
 
+@DEFENSES.register("dbd", title="DBD")
 class DBD(Defense):
-    """SimCLR backbone -> SCE linear head -> per MixMatch epoch: 50 % lowest SCE labelled, MixMatch on all."""
+    """DBD: SimCLR backbone, SCE linear head, 50 % lowest-loss labelled, MixMatch fine-tuning
 
-    name = "dbd"
+    SimCLR backbone -> SCE linear head -> per MixMatch epoch: 50 % lowest SCE labelled, MixMatch on all."""
+
     Settings = DBDSettings
 
     def split(self, model: nn.Module, train: ImageDataset, seed: int) -> Split:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from advml.backdoor.defenses.base import (
+    DEFENSES,
     Defense,
     DefenseContext,
     DefenseResult,
@@ -41,10 +42,12 @@ def ascent_loss(model: nn.Module, batch: Batch) -> Tensor:
     return -F.cross_entropy(model(batch.x), batch.y)
 
 
+@DEFENSES.register("d-br", title="D-BR")
 class DBR(Defense):
-    """Backdoor removal: SD split, then each epoch one ascent pass over D_p and one descent pass over D_c."""
+    """D-BR: FCT split, then unlearn D_p (gradient ascent) / relearn D_c, 20 epochs, lr 1e-4
 
-    name = "d-br"
+    Backdoor removal: SD split, then each epoch one ascent pass over D_p and one descent pass over D_c."""
+
     uses_sd_module = True
     Settings = DBRSettings
     needs_backdoored_model = True

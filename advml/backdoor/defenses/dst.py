@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from advml.backdoor.defenses.base import (
+    DEFENSES,
     Defense,
     DefenseContext,
     DefenseResult,
@@ -52,10 +53,12 @@ class DSTSettings(HoldoutSettings):
     lambda_p: float = Field(0.001, ge=0, description="weight of the ascent term on D_p in the MCE loss")
 
 
+@DEFENSES.register("d-st", title="D-ST")
 class DST(Defense):
-    """SD split -> SS-CTL encoder on all samples -> MCE linear classifier on D_c and D_p."""
+    """D-ST: FCT split, SS-CTL encoder (label positives for D_c only), MCE linear classifier
 
-    name = "d-st"
+    SD split -> SS-CTL encoder on all samples -> MCE linear classifier on D_c and D_p."""
+
     uses_sd_module = True
     Settings = DSTSettings
 
@@ -93,10 +96,12 @@ class BaselineSettings(DefenseSettings):
     classifier: ProbeSettings = Field(default_factory=ProbeSettings)
 
 
+@DEFENSES.register("baseline1", title="Baseline1")
 class Baseline1(Defense):
-    """Baseline1: a self-supervised (SimCLR, labels unused) encoder + a linear head on all labels."""
+    """SimCLR encoder (labels unused) + linear head on all labels
 
-    name = "baseline1"
+    Baseline1: a self-supervised (SimCLR, labels unused) encoder + a linear head on all labels."""
+
     Settings = BaselineSettings
     use_labels = False
 
@@ -110,8 +115,10 @@ class Baseline1(Defense):
         return DefenseResult(model, report={"history": history})
 
 
+@DEFENSES.register("baseline2", title="Baseline2")
 class Baseline2(Baseline1):
-    """Baseline2: a supervised contrastive (SupCon) encoder on all labels + a linear head on all labels."""
+    """SupCon encoder on all labels + linear head on all labels
 
-    name = "baseline2"
+    Baseline2: a supervised contrastive (SupCon) encoder on all labels + a linear head on all labels."""
+
     use_labels = True

@@ -11,26 +11,17 @@ from torch import Tensor, nn
 
 from advml.backdoor.defenses.base import DefenseContext
 from advml.backdoor.defenses.sd import Split
-from advml.data.base import ImageDataset, as_image_dataset
+from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
 from advml.train import TrainConfig, Trainer
+from advml.utils.batched import map_batches
 
 
-@torch.no_grad()
 def penultimate_features(model: nn.Module, data: ImageDataset, *, batch_size: int = 512) -> Tensor:
     """`model.features(x)` of every sample (float32, on CPU), in eval mode, batch by batch."""
     if not hasattr(model, "features"):
         raise InputError("the filter needs a model with a features(x) method (penultimate features)")
-    data = as_image_dataset(data)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        parts = [model.features(data.get_batch(idx)[0].to(device)).float().cpu()
-                 for idx in torch.arange(len(data)).split(batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(parts)
+    return map_batches(model, data, lambda m, x, _y: m.features(x).float(), batch_size=batch_size)
 
 
 def split_from_removed(removed: Tensor, scores: Tensor) -> Split:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils import prune
 
-from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult, DefenseSettings
+from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSettings
 from advml.backdoor.defenses.layers import Taps, backbone_children, child_output_shapes, require_clean
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
@@ -141,10 +141,12 @@ def choose_pruned(site: PruneSite, order: Tensor, z: Tensor, labels: Tensor,
     return chosen, log
 
 
+@DEFENSES.register("fine-pruning", title="Fine-Pruning")
 class FinePruning(Defense):
-    """Prune the least active channels of the last feature map on clean data, then fine-tune on it."""
+    """Fine-Pruning: prune least-active last-layer channels, fine-tune (5% clean oracle)
 
-    name = "fine-pruning"
+    Prune the least active channels of the last feature map on clean data, then fine-tune on it."""
+
     Settings = FinePruningSettings
     needs_backdoored_model = True
     needs_clean_data = True

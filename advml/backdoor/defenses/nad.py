@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult, DefenseSettings
+from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSettings
 from advml.backdoor.defenses.layers import Taps, backbone_children, child_output_shapes, require_clean
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
@@ -86,10 +86,12 @@ def nad_loss(teacher: nn.Module, student_taps: Taps, teacher_taps: Taps, betas: 
     return loss
 
 
+@DEFENSES.register("nad", title="NAD")
 class NAD(Defense):
-    """Distil a clean-fine-tuned teacher's attention maps into the backdoored model on the clean subset."""
+    """NAD: attention distillation from a clean-fine-tuned teacher (5% clean oracle)
 
-    name = "nad"
+    Distil a clean-fine-tuned teacher's attention maps into the backdoored model on the clean subset."""
+
     Settings = NADSettings
     needs_backdoored_model = True
     needs_clean_data = True

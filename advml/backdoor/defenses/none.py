@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult
+from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResult
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
 
 
+@DEFENSES.register("none", title="No defense")
 class NoDefense(Defense):
-    """The undefended model (the table's "no defense" column)."""
+    """No defense: the model trained on the untrusted data
 
-    name = "none"
+    The undefended model (the table's "no defense" column)."""
+
     needs_backdoored_model = True
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:

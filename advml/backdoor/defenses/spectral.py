@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from advml.backdoor.defenses.base import Defense, DefenseContext, DefenseResult, DefenseSettings
+from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSettings
 from advml.backdoor.defenses.filtering import penultimate_features, retrain, split_from_removed
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
@@ -56,10 +56,12 @@ def spectral_removed(scores: Tensor, labels: Tensor, fraction: float) -> Tensor:
     return removed
 
 
+@DEFENSES.register("spectral", title="Spectral Signatures")
 class SpectralSignatures(Defense):
-    """Remove each class's top spectral-signature outliers of the backdoored model, retrain on the rest."""
+    """Spectral Signatures: drop each class's top 1.5 x eps spectral outliers, retrain
 
-    name = "spectral"
+    Remove each class's top spectral-signature outliers of the backdoored model, retrain on the rest."""
+
     Settings = SpectralSettings
     needs_backdoored_model = True
 

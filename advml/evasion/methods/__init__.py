@@ -1,34 +1,23 @@
-"""Transfer methods, composable by name: `compose("mi-ti-di+rap-ls", model)`."""
+"""Transfer methods, composable by name: `compose("mi-ti-di+rap-ls", model)`; each registers at its definition
+(`@METHODS.register`), the imports below load them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from advml.errors import ConfigError
-from advml.evasion.base import IterativeAttack, Method
-from advml.evasion.methods.inputs import DI, SI, Admix
+from advml.evasion.base import METHODS, IterativeAttack
+
+# isort: off
+# registration order = the listing's order (and the composition order of `parse`)
 from advml.evasion.methods.momentum import MI
+from advml.evasion.methods.translation import TI
+from advml.evasion.methods.inputs import DI, SI, Admix
 from advml.evasion.methods.neighbourhood import PGN, VMI
 from advml.evasion.methods.rap import RAP
-from advml.evasion.methods.translation import TI
-from advml.registry import Registry
-
-METHODS: Registry[Callable[..., Method]] = Registry("transfer method")
-METHODS.add("mi", MI, "momentum, decay 1.0")
-METHODS.add("ti", TI, "Gaussian-smoothed gradient (kernel 5 at 299 px, scaled to the image size)")
-METHODS.add("di", DI, "diverse inputs: random resize in [H, H*330/299) and pad, p 0.7, a draw per copy")
-METHODS.add("si", SI, "scale invariance: 5 copies x/2^i")
-METHODS.add("admix", Admix, "Admix: 3 clean other-class images added at 0.2, each mix in 5 scales x/2^j")
-METHODS.add("pgn", PGN, "penalised gradient norm: 20 neighbours at 3 eps, look-ahead mix 0.5 (with mi: PGN)")
-METHODS.add("vmi", VMI, "variance tuning: 20 neighbours at 1.5 eps (with mi: VMI-FGSM)")
-METHODS.add("rap", RAP, "reverse adversarial perturbation from the first iteration (eps_n 16/255, K 8)")
-METHODS.add("rap-ls", lambda **kw: RAP(**{"late_start": 100, **kw}), "RAP with a late start at iteration 100")
-METHODS.add("rap-warm", lambda **kw: RAP(**{"late_start": 100, "warm": True, **kw}),
-            "RAP-LS whose n_rap is carried over between iterations (2 inner steps after the first)")
-
+# isort: on
 
 def parse(spec: str) -> list[str]:
     """'mi-ti-di+rap-ls' -> ['mi', 'ti', 'di', 'rap-ls']; 'ifgsm' -> []."""

@@ -10,17 +10,16 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from advml.errors import ConfigError
-from advml.evasion.base import IterativeAttack, Method
+from advml.evasion.base import METHODS, IterativeAttack, Method
 
 
+@METHODS.register("di", "diverse inputs: random resize in [H, H*330/299) and pad, p 0.7, a draw per copy")
 class DI(Method):
     """Diverse inputs (Xie et al. 2019) as the RAP code's `DI`: per copy, resize to a random size in
     [H, H*rate) (nearest) and zero-pad at a random offset to floor(H*rate), with probability p. The padded
     image goes to the model, as in the RAP code (its 330x330 inputs; models that pool adaptively accept it);
     `resize_back` resizes it to H x W for models that need a fixed size (TransferAttack's DIM does, bilinear).
     Non-square inputs: the same draw scales both sides (height and width each get their own padding)."""
-
-    name = "di"
 
     def __init__(self, prob: float = 0.7, rate: float = 330 / 299, resize_back: bool = False) -> None:
         if not 0 <= prob <= 1 or rate < 1:
@@ -65,10 +64,9 @@ def scale_copies(x: Tensor, y: Tensor, copies: int) -> tuple[Tensor, Tensor]:
     return (x[None] * scales.view(-1, *[1] * x.dim())).flatten(0, 1), y.repeat(copies)
 
 
+@METHODS.register("si", "scale invariance: 5 copies x/2^i")
 class SI(Method):
     """Scale invariance (Lin et al. 2020): m copies x / 2^i, i = 0..m-1."""
-
-    name = "si"
 
     def __init__(self, copies: int = 5) -> None:
         if copies < 1:
@@ -79,6 +77,7 @@ class SI(Method):
         return scale_copies(x, y, self.copies)
 
 
+@METHODS.register("admix", "Admix: 3 clean other-class images added at 0.2, each mix in 5 scales x/2^j")
 class Admix(Method):
     """Admix (Wang et al. 2021) as the RAP code runs it (`--m1 3 --m2 5 --strength 0.2`): each image is mixed
     with `copies` (m1) clean images of other true classes, drawn from the batch (the RAP code draws them from
@@ -87,8 +86,6 @@ class Admix(Method):
     the gradient passes the clip as the identity; 'mix' (the Admix paper, TransferAttack) adds 0.2 x' unclipped.
     `pool: adversarial` takes the partners from the batch's current adversarial images (detached), as
     TransferAttack does, instead of the clean ones."""
-
-    name = "admix"
 
     def __init__(self, copies: int = 3, scales: int = 5, strength: float = 0.2, mode: str = "add",
                  pool: Literal["clean", "adversarial"] = "clean") -> None:

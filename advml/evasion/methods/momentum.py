@@ -6,13 +6,12 @@ from typing import Any
 
 from torch import Tensor
 
-from advml.evasion.base import IterativeAttack, Method
+from advml.evasion.base import METHODS, IterativeAttack, Method
 
 
+@METHODS.register("mi", "momentum, decay 1.0")
 class MI(Method):
     """Momentum: accumulate L1-normalised gradients (decay 1.0 as in the RAP code)."""
-
-    name = "mi"
 
     def __init__(self, decay: float = 1.0) -> None:
         self.decay = decay

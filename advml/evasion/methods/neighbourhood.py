@@ -12,7 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from advml.errors import ConfigError
-from advml.evasion.base import IterativeAttack, Method
+from advml.evasion.base import METHODS, IterativeAttack, Method
 
 
 def _neighbour(attack: IterativeAttack, x: Tensor, radius: float) -> Tensor:
@@ -20,14 +20,13 @@ def _neighbour(attack: IterativeAttack, x: Tensor, radius: float) -> Tensor:
     return x + (2 * attack.rand(*x.shape, device=x.device).to(x.dtype) - 1) * radius
 
 
+@METHODS.register("pgn", "penalised gradient norm: 20 neighbours at 3 eps, look-ahead mix 0.5 (with mi: PGN)")
 class PGN(Method):
     """Penalizing gradient norm (Ge et al., NeurIPS 2023), as TransferAttack's `gradient/pgn.py`: per sample,
     g1 at x' = x_adv + U(-zeta*eps, zeta*eps), then g2 at x' - step * g1 / mean|g1| (a look-ahead against the
     objective, so that the finite difference penalises the gradient norm); the estimate is the mean of
     (1 - gamma) g1 + gamma g2 over the samples. Official: 20 samples, zeta 3.0, gamma 0.5, with MI (decay 1).
     Cost: 2 x samples outer passes per iteration."""
-
-    name = "pgn"
 
     def __init__(self, samples: int = 20, zeta: float = 3.0, gamma: float = 0.5) -> None:
         if samples < 1 or zeta < 0 or not 0 <= gamma <= 1:
@@ -46,13 +45,12 @@ class PGN(Method):
         return total / self.samples
 
 
+@METHODS.register("vmi", "variance tuning: 20 neighbours at 1.5 eps (with mi: VMI-FGSM)")
 class VMI(Method):
     """Variance tuning (Wang & He, CVPR 2021), as TransferAttack's `gradient/vmifgsm.py`: the estimate is the
     gradient at x_adv plus the previous iteration's variance v, then v <- mean of the gradients at `samples`
     points x_adv + U(-beta*eps, beta*eps) minus the gradient at x_adv. Official: 20 samples, beta 1.5, with MI.
     Cost: 1 + samples outer passes per iteration."""
-
-    name = "vmi"
 
     def __init__(self, samples: int = 20, beta: float = 1.5) -> None:
         if samples < 1 or beta < 0:

@@ -4,21 +4,22 @@ n_rap per mixed image, computed on the mixed image (the official loop); SI's sca
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from advml.errors import ConfigError
-from advml.evasion.base import IterativeAttack, Method
+from advml.evasion.base import METHODS, IterativeAttack, Method
 
 
+@METHODS.register("rap", "reverse adversarial perturbation from the first iteration (eps_n 16/255, K 8)")
 class RAP(Method):
     """Reverse adversarial perturbation. The inner loop uses plain CE (as the official code): targeted, it
     pushes away from the target; untargeted, it pulls toward the true label. `late_start` (RAP-LS: 100)
     skips RAP for the first iterations; `warm` carries n_rap over between outer iterations instead of
     restarting from a random point (`warm_steps` inner steps then). `eps_n_ratio` sets eps_n as a multiple of
     the attack's eps (the regime study's eps_n in {eps/2, eps, 2 eps}), and its step as eps_n / steps."""
-
-    name = "rap"
 
     def __init__(self, eps_n: float = 16 / 255, steps: int = 8, step_n: float | None = None, late_start: int = 0,
                  warm: bool = False, warm_steps: int = 2, eps_n_ratio: float | None = None) -> None:
@@ -59,3 +60,15 @@ class RAP(Method):
             p = torch.max(torch.min(p - self.step_n * g.sign(), hi), lo)
         self._n = p - base
         return x + self._n  # n_rap is a constant: the outer gradient reaches x as the identity
+
+
+@METHODS.register("rap-ls")
+def rap_ls(**settings: Any) -> RAP:
+    """RAP with a late start at iteration 100"""
+    return RAP(**{"late_start": 100, **settings})
+
+
+@METHODS.register("rap-warm")
+def rap_warm(**settings: Any) -> RAP:
+    """RAP-LS whose n_rap is carried over between iterations (2 inner steps after the first)"""
+    return RAP(**{"late_start": 100, "warm": True, **settings})

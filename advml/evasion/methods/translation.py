@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from advml.evasion.base import IterativeAttack, Method
+from advml.evasion.base import METHODS, IterativeAttack, Method
 
 
 def gaussian_kernel(size: int, nsig: float = 3.0) -> Tensor:
@@ -23,11 +23,10 @@ def scaled_kernel_size(size: int, image_size: int, reference: int = 299) -> int:
     return s if s % 2 else s + 1
 
 
+@METHODS.register("ti", "Gaussian-smoothed gradient (kernel 5 at 299 px, scaled to the image size)")
 class TI(Method):
     """Translation-invariant attack: the gradient convolved with a Gaussian (5x5 in the RAP code at 299,
     15x15 in the TI paper); `scale=True` scales the size to the image size."""
-
-    name = "ti"
 
     def __init__(self, kernel: int = 5, nsig: float = 3.0, scale: bool = True) -> None:
         self.kernel, self.nsig, self.scale = kernel, nsig, scale
