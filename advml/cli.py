@@ -94,18 +94,10 @@ def attacks() -> None:
 
 def _overrides(**flags: Any) -> dict[str, Any]:
     """The settings given on the command line, nested like the YAML config."""
-    from advml.config import deep_merge, parse_assignments
+    from advml.config import deep_merge, nest, parse_assignments
 
-    out: dict[str, Any] = {}
-    for key, value in flags.items():
-        if value is None or key == "sets":
-            continue
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return deep_merge(out, parse_assignments(flags.get("sets") or []))
+    given = nest({k: v for k, v in flags.items() if v is not None and k != "sets"})
+    return deep_merge(given, parse_assignments(flags.get("sets") or []))
 
 
 @app.command()

@@ -104,23 +104,33 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys as nested mappings: {'train.lr': 0.1, 'seed': 1} -> {'train': {'lr': 0.1}, 'seed': 1}."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {p!r} is given both a value and settings under it")
+        node[leaf] = value
+    return out
+
+
 def parse_assignments(items: list[str]) -> dict[str, Any]:
     """['train.lr=0.1', 'attack.size=4'] -> {'train': {'lr': 0.1}, 'attack': {'size': 4}} (YAML values)."""
-    out: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
         try:
-            node[leaf] = safe_load(raw) if raw.strip() else None
+            flat[key.strip()] = safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key.strip()}: not a valid YAML value ({getattr(e, 'problem', None) or e})") \
                 from None
-    return out
+    return nest(flat)
 
 
 MAX_YAML_NODES = 100_000  # a settings file (aliases expanded) is far smaller; a 'billion laughs' file is not

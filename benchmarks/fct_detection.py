@@ -25,7 +25,8 @@ from torchmetrics.functional.classification import binary_auroc
 
 from advml.backdoor.attacks import build_attack
 from advml.backdoor.defenses.fct import fct_scores
-from advml.backdoor.defenses.sd import SD_CHECKPOINTS, SDSettings, split_by_score, train_sd_model
+from advml.backdoor.defenses.sd import SD_CHECKPOINTS, SDSettings, train_sd_model
+from advml.backdoor.defenses.split import split_by_score
 from advml.config import load_yaml, validate
 from advml.data import load_dataset
 from advml.models import build_model

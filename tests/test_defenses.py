@@ -17,11 +17,12 @@ from advml.backdoor.defenses import (
     fct_scores,
     split_by_score,
 )
-from advml.backdoor.defenses.base import HoldoutSettings, hold_out, holdout, selection_score, untrusted_view
+from advml.backdoor.defenses.base import untrusted_view
 from advml.backdoor.defenses.contrastive import LinearProbe
 from advml.backdoor.defenses.dbr import ascent_loss
 from advml.backdoor.defenses.dst import mce_loss
 from advml.backdoor.defenses.fct import build_transform
+from advml.backdoor.defenses.holdout import HoldoutSettings, hold_out, holdout, selection_score
 from advml.backdoor.defenses.sd import SDSettings, intra_class_loss
 from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError, InputError, UnknownNameError

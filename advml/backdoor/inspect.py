@@ -12,7 +12,8 @@ from torch import Tensor
 from advml.backdoor.attacks import ATTACKS, BackdoorAttack, build_attack
 from advml.data.registry import DatasetSplits
 from advml.metrics import stealth
-from advml.utils.io import atomic_path, write_json, write_text_atomic
+from advml.utils.figures import pyplot, save_figure
+from advml.utils.io import write_json, write_text_atomic
 
 
 def poisoned_examples(attack: BackdoorAttack, data: DatasetSplits, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -28,11 +29,7 @@ def poisoned_examples(attack: BackdoorAttack, data: DatasetSplits, n: int, seed:
 def trigger_figure(attack: BackdoorAttack, data: DatasetSplits, out: str | os.PathLike[str], n: int = 8,
                    seed: int = 0) -> dict[str, Any]:
     """Save a 3 x n figure (clean, poisoned, residual amplified to full range); returns its stealth figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     clean, poisoned = poisoned_examples(attack, data, n, seed)
     residual = (poisoned - clean).abs()
     gain = 1.0 / float(residual.max()) if residual.max() > 0 else 1.0
@@ -50,10 +47,7 @@ def trigger_figure(attack: BackdoorAttack, data: DatasetSplits, out: str | os.Pa
     psnr = f"{figures['psnr']:.1f} dB" if figures["psnr"] is not None else "n/a"
     fig.suptitle(f"{attack.name} on {data.name}: PSNR {psnr}, l-inf {figures['linf']:.0f}/255", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
-    plt.close(fig)
+    save_figure(fig, out)
     return figures
 
 

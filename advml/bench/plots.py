@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from advml.bench.spec import BenchSpec
-from advml.utils.io import atomic_path
+from advml.utils.figures import pyplot, save_figure
 
 PlotName = Literal["success_vs_iterations", "success_vs_cost"]
 
@@ -36,10 +36,6 @@ def _series(metrics: dict[str, Any], x_axis: PlotName) -> list[tuple[float, floa
 def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName, path: Path) -> bool:
     """Write one PNG to `path`: a panel per combination of the grid keys other than the method, a line per method;
     False (nothing written) when no finished cell has the data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     panels: dict[str, list[tuple[str, list[tuple[float, float]]]]] = {}
@@ -51,6 +47,7 @@ def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName, p
         panels.setdefault(title, []).append((spec.label("method", params.get("method", "")), points))
     if not panels:
         return False
+    plt = pyplot()
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.4 * nrows), squeeze=False)
@@ -71,7 +68,5 @@ def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName, p
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return True

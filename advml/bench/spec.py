@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from advml.config import Settings, deep_merge, load_yaml, validate
+from advml.config import Settings, deep_merge, load_yaml, nest, validate
 from advml.errors import ConfigError
 
 PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
@@ -214,14 +214,7 @@ class Cell:
 
     def overrides(self) -> dict[str, Any]:
         """The parameters as a nested settings mapping ('attack.name': x -> {'attack': {'name': x}})."""
-        out: dict[str, Any] = {}
-        for key, value in self.params.items():
-            node = out
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return out
+        return nest(self.params)
 
     def settings(self, spec: BenchSpec, preset: str) -> dict[str, Any]:
         """The cell's run settings: the preset's shared settings under the cell's own parameters."""

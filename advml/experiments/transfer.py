@@ -22,7 +22,8 @@ from advml.metrics import predict
 from advml.models import MODELS, build_model, load_weights
 from advml.provenance import file_sha256
 from advml.stats import wilson
-from advml.utils.io import atomic_path, write_json, write_text_atomic
+from advml.utils.figures import pyplot, save_figure
+from advml.utils.io import write_json, write_text_atomic
 from advml.utils.precision import AmpSetting, parse_amp, resolve_precision, set_precision
 from advml.utils.rundir import RunFolder
 from advml.utils.runtime import resolve_device, seed_everything
@@ -234,11 +235,7 @@ def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: b
 
 def heatmap(success_at: dict[str, dict[str, float]], path: Path, title: str) -> None:
     """Success per model (columns) and iteration count (rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = list(success_at)
     cols = list(success_at[rows[0]])
     values = [[success_at[r][c] for c in cols] for r in rows]
@@ -252,9 +249,7 @@ def heatmap(success_at: dict[str, dict[str, float]], path: Path, title: str) -> 
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 EXPERIMENTS.add("transfer", Experiment("transfer", TransferSettings, load_transfer_settings, run_transfer, "transfer",

@@ -31,6 +31,7 @@ class BadNets(BackdoorAttack):
     BadNets: a 3x3 white square (or a checkerboard, EBD's grid, or any patch image + mask) at a corner."""
 
     Settings = BadNetsSettings
+    settings: BadNetsSettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         s = self.settings

@@ -33,6 +33,7 @@ class Blended(BackdoorAttack):
     Blended: the pattern (Hello Kitty by default) resized to the images and alpha-blended."""
 
     Settings = BlendedSettings
+    settings: BlendedSettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         s = self.settings
@@ -48,3 +49,4 @@ class BlendStrip(Blended):
     Blend-Strip: the strip pattern alpha-blended."""
 
     Settings = StripSettings
+    settings: StripSettings

@@ -46,6 +46,7 @@ class CleanLabel(BackdoorAttack):
     Clean-label: adversarially perturbed target-class images + four-corner checkerboards."""
 
     Settings = CleanLabelSettings
+    settings: CleanLabelSettings
     clean_label = True
     rate_semantics = "fraction of the target class's training images (clean-label)"
 

@@ -133,6 +133,7 @@ class ISSBA(BackdoorAttack):
     ISSBA: a StegaStamp encoder's residual of a BCH-coded string as a sample-specific trigger, all2one."""
 
     Settings = ISSBASettings
+    settings: ISSBASettings
 
     def __init__(self, settings: ISSBASettings | None = None, *, model: StegaStamp | None = None,
                  **kwargs: Any) -> None:

@@ -68,6 +68,7 @@ class LowFrequency(BackdoorAttack):
     'auto' reads them on the [0,1] scale; '0_255' reproduces BackdoorBench literally."""
 
     Settings = LowFrequencySettings
+    settings: LowFrequencySettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         s = self.settings

@@ -35,6 +35,7 @@ class SIG(BackdoorAttack):
     SIG: clean-label; only target-class training images get the signal, labels are never changed."""
 
     Settings = SIGSettings
+    settings: SIGSettings
     clean_label = True
     rate_semantics = "fraction of the target class's training images (clean-label)"
 

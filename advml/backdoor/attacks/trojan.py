@@ -27,6 +27,7 @@ class Trojan(BackdoorAttack):
     255 around to dark pixels; advml clips first, as intended."""
 
     Settings = TrojanSettings
+    settings: TrojanSettings
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         path = find_file(self.settings.trigger_file)

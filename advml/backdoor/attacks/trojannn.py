@@ -37,6 +37,7 @@ class TrojanNN(BackdoorAttack):
     TrojanNN: a trigger generated from a clean model (trained here, or passed as `model=`), all2one."""
 
     Settings = TrojanNNSettings
+    settings: TrojanNNSettings
 
     def __init__(self, settings: TrojanNNSettings | None = None, *, model: nn.Module | None = None,
                  **kwargs: Any) -> None:

@@ -137,6 +137,7 @@ class WaNet(BackdoorAttack):
     noise mode (cross_ratio > 0) other samples get the warp plus random noise and keep their labels."""
 
     Settings = WaNetSettings
+    settings: WaNetSettings
     rate_semantics = ("fraction of the whole training set, drawn from non-target samples (all2one); "
                       "noise-mode samples come on top")
 

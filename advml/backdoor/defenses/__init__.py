@@ -31,13 +31,8 @@ from advml.backdoor.defenses.contrastive import (
     train_probe,
 )
 from advml.backdoor.defenses.fct import TRANSFORMS, fct_scores
-from advml.backdoor.defenses.sd import (
-    SDSettings,
-    Split,
-    distinguish,
-    fct_histogram,
-    split_by_score,
-)
+from advml.backdoor.defenses.sd import SDSettings, distinguish, fct_histogram
+from advml.backdoor.defenses.split import Split, split_by_score
 from advml.config import deep_merge
 
 

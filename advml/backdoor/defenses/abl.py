@@ -17,7 +17,7 @@ from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, Defe
 from advml.backdoor.defenses.compute import ComputeLog
 from advml.backdoor.defenses.dbd import sample_losses
 from advml.backdoor.defenses.dbr import ascent_loss
-from advml.backdoor.defenses.sd import Split
+from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.train import Batch, TrainConfig, Trainer
@@ -70,6 +70,7 @@ class ABL(Defense):
     LGA training -> isolate the lowest-loss 1 % -> train on the rest -> gradient ascent on the isolated."""
 
     Settings = ABLSettings
+    settings: ABLSettings
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         s, n = self.settings, len(train)

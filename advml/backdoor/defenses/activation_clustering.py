@@ -105,6 +105,7 @@ class ActivationClustering(Defense):
     Remove the small k-means clusters of each class's backdoored-model activations, retrain on the rest."""
 
     Settings = ACSettings
+    settings: ACSettings
     needs_backdoored_model = True
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:

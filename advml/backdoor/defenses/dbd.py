@@ -27,7 +27,7 @@ from advml.backdoor.defenses.contrastive import (
     train_probe,
 )
 from advml.backdoor.defenses.mixmatch import MixMatchSettings, mixmatch_loss_fn
-from advml.backdoor.defenses.sd import Split
+from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.train import CHECKPOINT_NAME, Batch, TrainConfig, Trainer
@@ -90,6 +90,7 @@ class DBD(Defense):
     SimCLR backbone -> SCE linear head -> per MixMatch epoch: 50 % lowest SCE labelled, MixMatch on all."""
 
     Settings = DBDSettings
+    settings: DBDSettings
 
     def split(self, model: nn.Module, train: ImageDataset, seed: int) -> Split:
         """The official record + `get_semi_idx`: every sample's SCE loss under the current model (eval mode,

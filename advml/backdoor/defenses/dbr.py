@@ -14,9 +14,8 @@ from advml.backdoor.defenses.base import (
     Defense,
     DefenseContext,
     DefenseResult,
-    HoldoutSettings,
-    hold_out,
 )
+from advml.backdoor.defenses.holdout import HoldoutSettings, hold_out
 from advml.backdoor.defenses.sd import SDSettings, distinguish
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
@@ -50,6 +49,7 @@ class DBR(Defense):
 
     uses_sd_module = True
     Settings = DBRSettings
+    settings: DBRSettings
     needs_backdoored_model = True
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:

@@ -15,8 +15,6 @@ from advml.backdoor.defenses.base import (
     DefenseContext,
     DefenseResult,
     DefenseSettings,
-    HoldoutSettings,
-    hold_out,
 )
 from advml.backdoor.defenses.compute import ComputeLog
 from advml.backdoor.defenses.contrastive import (
@@ -25,6 +23,7 @@ from advml.backdoor.defenses.contrastive import (
     train_encoder,
     train_probe,
 )
+from advml.backdoor.defenses.holdout import HoldoutSettings, hold_out
 from advml.backdoor.defenses.sd import SDSettings, distinguish
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
@@ -61,6 +60,7 @@ class DST(Defense):
 
     uses_sd_module = True
     Settings = DSTSettings
+    settings: DSTSettings
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         s, n = self.settings, len(train)
@@ -103,6 +103,7 @@ class Baseline1(Defense):
     Baseline1: a self-supervised (SimCLR, labels unused) encoder + a linear head on all labels."""
 
     Settings = BaselineSettings
+    settings: BaselineSettings
     use_labels = False
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from advml.backdoor.defenses.base import DefenseContext
-from advml.backdoor.defenses.sd import Split
+from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
 from advml.train import TrainConfig, Trainer

@@ -148,6 +148,7 @@ class FinePruning(Defense):
     Prune the least active channels of the last feature map on clean data, then fine-tune on it."""
 
     Settings = FinePruningSettings
+    settings: FinePruningSettings
     needs_backdoored_model = True
     needs_clean_data = True
 

@@ -93,6 +93,7 @@ class NAD(Defense):
     Distil a clean-fine-tuned teacher's attention maps into the backdoored model on the clean subset."""
 
     Settings = NADSettings
+    settings: NADSettings
     needs_backdoored_model = True
     needs_clean_data = True
 

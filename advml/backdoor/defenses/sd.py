@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,12 +15,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from advml.backdoor.defenses.fct import DEFAULT_TRANSFORMS, TRANSFORMS, fct_scores
+from advml.backdoor.defenses.split import Split, split_by_score
 from advml.config import Settings
 from advml.data.base import ImageDataset
-from advml.errors import ConfigError, InputError
-from advml.metrics import detection
+from advml.errors import ConfigError
 from advml.train import Batch, TrainConfig, Trainer
-from advml.utils.io import atomic_path
+from advml.utils.figures import pyplot, save_figure
 from advml.utils.precision import AmpSetting, at_least_float32
 
 log = logging.getLogger("advml")
@@ -62,53 +61,6 @@ class SDSettings(Settings):
             raise ConfigError("clean_ratio + poison_ratio must not exceed 1")
         if self.schedule == "cosine" and self.t_max < self.warmup_epochs + self.finetune_epochs:
             raise ConfigError(f"t_max {self.t_max} is shorter than warmup_epochs + finetune_epochs")
-
-
-@dataclass
-class Split:
-    """Index sets of the training data: D_c (clean), D_p (poisoned), D_u (uncertain), and the scores."""
-
-    clean: Tensor
-    poisoned: Tensor
-    uncertain: Tensor
-    scores: Tensor
-
-    def flags(self) -> Tensor:
-        """Bool per sample: in D_p."""
-        out = torch.zeros(self.scores.numel(), dtype=torch.bool)
-        out[self.poisoned] = True
-        return out
-
-    def metrics(self, truth: Tensor) -> dict[str, float]:
-        """Detection quality against ground-truth poison flags: precision/recall of D_p, D_c's poisoned share."""
-        truth = truth.bool()
-        if truth.numel() != self.scores.numel():
-            raise InputError(f"{truth.numel()} poison flags for {self.scores.numel()} scored samples")
-        return {**detection(self.flags(), truth),
-                "clean_split_poison_rate": float(truth[self.clean].double().mean()) if self.clean.numel() else 0.0}
-
-    def tensors(self) -> dict[str, Tensor]:
-        """For saving: the three index sets and the scores."""
-        return {"clean": self.clean, "poisoned": self.poisoned, "uncertain": self.uncertain, "scores": self.scores}
-
-
-def split_by_score(scores: Tensor, clean_ratio: float = 0.2, poison_ratio: float = 0.05, *, seed: int = 0) -> Split:
-    """Sort ascending: the floor(alpha_c N) lowest -> D_c, the floor(alpha_p N) highest -> D_p, the rest D_u.
-
-    Equal scores are ordered by a seeded random permutation, not by position: a model whose features collapse gives
-    many samples the same FCT score (0), and a class-sorted file would otherwise put whole classes into D_c (seen on
-    all 50,000 CIFAR-10 images: D_c held classes 0-2 only). Without ties the order is the official argsort's."""
-    n = scores.numel()
-    if not 0 < clean_ratio < 1 or not 0 < poison_ratio < 1 or clean_ratio + poison_ratio > 1:
-        raise ConfigError(f"need 0 < ratios < 1 and clean_ratio + poison_ratio <= 1, got {clean_ratio}, "
-                          f"{poison_ratio}")
-    if not torch.isfinite(scores).all():
-        raise InputError("FCT scores contain NaN or inf")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    order = perm[torch.argsort(scores.cpu()[perm], stable=True)]
-    nc, np_ = int(clean_ratio * n), int(poison_ratio * n)
-    return Split(order[:nc].sort().values, order[n - np_:].sort().values, order[nc:n - np_].sort().values,
-                 scores.clone())
 
 
 def intra_class_loss(features: Tensor, labels: Tensor) -> Tensor:
@@ -176,11 +128,9 @@ def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, s
 def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str = "FCT scores",
                   split: Split | None = None, xlabel: str = "FCT score (feature change under the transform)") -> Path:
     """Histogram of FCT scores, clean and poisoned samples in two colours (log-spaced bins), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     s = scores.double().clamp_min(1e-12).numpy()
     t = truth.bool().numpy()
@@ -200,9 +150,5 @@ def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 

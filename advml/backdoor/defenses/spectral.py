@@ -63,6 +63,7 @@ class SpectralSignatures(Defense):
     Remove each class's top spectral-signature outliers of the backdoored model, retrain on the rest."""
 
     Settings = SpectralSettings
+    settings: SpectralSettings
     needs_backdoored_model = True
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
