@@ -176,24 +176,31 @@ def test_every_writer_in_the_package_goes_through_the_atomic_helpers():
     assert not offenders, "\n".join(offenders)
 
 
-BENCH = [sys.executable, "benchmarks/defense_table.py", "--attacks", "badnets,sig,wanet", "--defenses", "none",
-         "--set", "dataset=sample", "--set", "train_size=200", "--set", "test_size=60", "--set", "model=cnn_small",
-         "--set", "train.epochs=4", "--set", "train.augment=standard"]
+KILLED_SPEC = {"name": "killed", "kind": "backdoor", "grid": {"attack.name": ["badnets", "sig", "wanet"],
+                                                               "defense.name": ["none"]},
+               "presets": {"t": {"settings": {"dataset": "sample", "train_size": 200, "test_size": 60,
+                                              "model": "cnn_small", "train": {"epochs": 4, "augment": "standard"}}}},
+               "table": {"rows": ["attack.name"], "values": {"clean_acc": "ACC"}}}
 
 
 @pytest.mark.slow
 def test_a_killed_benchmark_grid_reuses_finished_cells_and_resumes_the_cut_one(tmp_path):
-    """benchmarks/defense_table.py (three cells) killed inside its second cell: on rerun the first cell is not
-    re-run, the second resumes from its checkpoint (never back to epoch 1), and every cell's metrics.json equals
-    an uninterrupted grid's."""
+    """`advml bench` over three cells killed inside its second cell: on rerun the first cell is not re-run, the
+    second resumes from its checkpoint (never back to epoch 1), and every cell's metrics.json equals an
+    uninterrupted grid's."""
+    from advml.bench import load_spec
+
+    spec_file = tmp_path / "killed.yaml"
+    spec_file.write_text(json.dumps(KILLED_SPEC))
+    bench = [sys.executable, "-m", "advml", "bench", str(spec_file), "--preset", "t"]
     env = _env()
-    full = subprocess.Popen([*BENCH, "--out", str(tmp_path / "full")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    full = subprocess.Popen([*bench, "--out", str(tmp_path / "full")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out = tmp_path / "cut"
-    cells = [out / a / "none" for a in ("badnets", "sig", "wanet")]
+    cells = [out / "cells" / c.id for c in load_spec(spec_file).cells("t")]
     ckpt = cells[1] / "checkpoints" / "last.safetensors"
     reads: list[int] = []
-    proc = subprocess.Popen([*BENCH, "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*bench, "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline and _checkpoint_epoch(ckpt, reads) < 2:
@@ -206,7 +213,7 @@ def test_a_killed_benchmark_grid_reuses_finished_cells_and_resumes_the_cut_one(t
     first = (cells[0] / "metrics.json").stat().st_mtime_ns
     cut_at = _checkpoint_epoch(ckpt, reads)
     seen: list[int] = []
-    rerun = subprocess.Popen([*BENCH, "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    rerun = subprocess.Popen([*bench, "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     while rerun.poll() is None:
         if not (cells[1] / "metrics.json").exists():
