@@ -1,6 +1,10 @@
-"""Every metric in one place: accuracy, ASR, PSNR, l-inf, SSIM, detection precision/recall."""
+"""Every metric in one place: accuracy, ASR, PSNR, l-inf, SSIM, detection precision/recall, and the one batched
+evaluation loop they (and the defenses' per-sample scores) run through, `map_batches`."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -8,8 +12,26 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import InputError
-from advml.utils.batched import map_batches
 from advml.utils.checks import check_images
+
+
+@torch.no_grad()
+def map_batches(model: nn.Module, data: ImageDataset, fn: Callable[[nn.Module, Tensor, Tensor], Tensor], *,
+                batch_size: int = 512, device: torch.device | str | None = None) -> Tensor:
+    """`fn(model, x, y)` for each batch of `data` (on the model's device, or `device`), concatenated on the CPU;
+    an empty dataset gives an empty float tensor."""
+    data = as_image_dataset(data)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        parts = []
+        for idx in torch.arange(len(data)).split(batch_size):
+            x, y = data.get_batch(idx)
+            parts.append(fn(model, x.to(device, non_blocking=True), y.to(device)).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0)
 
 
 def predict(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
@@ -58,8 +80,8 @@ def ssim(clean: Tensor, poisoned: Tensor) -> Tensor:
     _same_shape(clean, poisoned)
     if min(clean.shape[-2:]) < 11:
         raise InputError(f"SSIM needs images of at least 11x11, got {tuple(clean.shape[-2:])}")
-    return structural_similarity_index_measure(poisoned.double(), clean.double(), data_range=1.0,
-                                               reduction="none").float()
+    return cast(Tensor, structural_similarity_index_measure(poisoned.double(), clean.double(), data_range=1.0,
+                                                            reduction="none")).float()  # no full image: a Tensor
 
 
 def stealth(clean: Tensor, poisoned: Tensor) -> dict[str, float | None]:

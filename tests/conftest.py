@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from advml.data import load_dataset
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers, importable from every test folder
 
 
 @pytest.fixture(scope="session")

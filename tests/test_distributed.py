@@ -7,14 +7,14 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import ROOT
 
 from advml.utils.io import load_tensors
 
-SCRIPT = Path(__file__).parent / "helpers" / "ddp_train.py"
+SCRIPT = ROOT / "tests" / "helpers" / "ddp_train.py"
 
 
 def _free_port() -> int:
@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_two_gloo_ranks_match_single_process_training(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                     "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(tmp_path / "ddp")],
                    env=env, check=True, capture_output=True, timeout=240)

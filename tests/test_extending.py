@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 from advml.backdoor.attacks import ATTACKS
 from advml.backdoor.defenses import DEFENSES
 from advml.evasion.methods import METHODS
 
-GUIDE = Path(__file__).parents[1] / "docs" / "extending.md"
+GUIDE = ROOT / "docs" / "extending.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
 
 

@@ -3,7 +3,7 @@ untrusted training set only — never the test set, never the ground-truth poiso
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +16,7 @@ from advml.config import Settings, validate
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.registry import Registry
-from advml.train import TrainConfig
+from advml.train import LossFn, TrainConfig, Trainer, cross_entropy
 from advml.utils.precision import AmpSetting
 
 
@@ -45,6 +45,17 @@ class DefenseContext:
     def stage_dir(self, name: str) -> Path | None:
         """A checkpoint sub-folder for one stage of the defense."""
         return self.checkpoint_dir / name if self.checkpoint_dir else None
+
+    def config(self, **settings: Any) -> TrainConfig:
+        """A stage's training settings: `settings` over the run's device, precision and progress bars."""
+        return TrainConfig(**{"device": self.device, "amp": self.amp, "progress": self.progress, **settings})
+
+    def trainer(self, model: nn.Module, stage: str, config: TrainConfig, *, loss_fn: LossFn = cross_entropy,
+                params: Iterable[nn.Parameter] | None = None, seed_offset: int = 0) -> Trainer:
+        """The one trainer for a stage of the defense: seeded from the run (+ `seed_offset`), checkpointing (and
+        resuming) in the stage's folder."""
+        return Trainer(model, config, loss_fn=loss_fn, params=params, seed=self.seed + seed_offset,
+                       checkpoint_dir=self.stage_dir(stage))
 
 
 @dataclass

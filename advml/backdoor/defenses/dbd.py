@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -30,8 +30,8 @@ from advml.backdoor.defenses.mixmatch import MixMatchSettings, mixmatch_loss_fn
 from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
+from advml.metrics import map_batches
 from advml.train import CHECKPOINT_NAME, Batch, TrainConfig, Trainer
-from advml.utils.batched import map_batches
 
 
 def sce_loss(logits: Tensor, y: Tensor, alpha: float = 0.1, beta: float = 1.0, reduction: str = "mean") -> Tensor:
@@ -109,7 +109,7 @@ class DBD(Defense):
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         s, n = self.settings, len(train)
         compute = ComputeLog()
-        common = {"seed": ctx.seed, "device": ctx.device, "amp": ctx.amp, "progress": ctx.progress,
+        common: dict[str, Any] = {"seed": ctx.seed, "device": ctx.device, "amp": ctx.amp, "progress": ctx.progress,
                   "resume": ctx.resume}
         with compute.stage("simclr", epochs=s.encoder.epochs, images=n, forward_images=2 * s.encoder.epochs * n):
             model = train_encoder(ctx.new_model(s.encoder.model), train, s.encoder, supervised=None, use_labels=False,

@@ -19,7 +19,7 @@ from advml.backdoor.defenses.holdout import HoldoutSettings, hold_out
 from advml.backdoor.defenses.sd import SDSettings, distinguish
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
-from advml.train import Batch, TrainConfig, Trainer, cross_entropy
+from advml.train import Batch, cross_entropy
 
 log = logging.getLogger("advml")
 
@@ -61,12 +61,11 @@ class DBR(Defense):
         held = hold_out(train, split, s, ctx.seed)
         if held.poisoned.numel() == 0 or held.clean.numel() == 0:
             raise ConfigError("D_p or D_c is empty; use a larger training set or larger ratios")
-        config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
-                             weight_decay=s.weight_decay, schedule="constant", augment=s.augment, device=ctx.device,
-                             amp=ctx.amp, progress=ctx.progress)
+        config = ctx.config(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
+                            weight_decay=s.weight_decay, schedule="constant", augment=s.augment)
         log.info("advml: D-BR: unlearn %d suspected poisoned samples, relearn %d clean ones, %d epochs",
                  held.poisoned.numel(), held.clean.numel(), s.epochs)
-        trainer = Trainer(ctx.backdoored, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("unlearn_relearn"))
+        trainer = ctx.trainer(ctx.backdoored, "unlearn_relearn", config)
         history = trainer.fit([(train.subset(held.poisoned), ascent_loss), (train.subset(held.clean), cross_entropy)],
                               held.evals, resume=ctx.resume, select=held.select)
         return DefenseResult(ctx.backdoored, split, {"history": history})

@@ -13,15 +13,16 @@ from advml.backdoor.defenses.base import DefenseContext
 from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
+from advml.metrics import map_batches
 from advml.train import TrainConfig, Trainer
-from advml.utils.batched import map_batches
 
 
 def penultimate_features(model: nn.Module, data: ImageDataset, *, batch_size: int = 512) -> Tensor:
     """`model.features(x)` of every sample (float32, on CPU), in eval mode, batch by batch."""
     if not hasattr(model, "features"):
         raise InputError("the filter needs a model with a features(x) method (penultimate features)")
-    return map_batches(model, data, lambda m, x, _y: m.features(x).float(), batch_size=batch_size)
+    return map_batches(model, data, lambda m, x, _y: m.features(x).float(),  # type: ignore[operator]  # duck-typed
+                       batch_size=batch_size)
 
 
 def split_from_removed(removed: Tensor, scores: Tensor) -> Split:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -22,7 +23,6 @@ from advml.cli import app
 from advml.utils.io import remove_stale_temps, write_json
 
 ADVML = [sys.executable, "-m", "advml"]
-ROOT = Path(__file__).resolve().parents[1]
 RUN = ["backdoor", "--dataset", "sample", "--model", "cnn_small", "--train-size", "200", "--test-size", "100",
        "--epochs", "5", "--seed", "3", "--no-progress", "--set", "train.augment=standard"]
 

@@ -1,6 +1,7 @@
 """Determinism on CPU: the same seed gives bit-identical metrics.json (and weights) for a defense run and a transfer
 run; another seed does not (so the comparison can fail). Attack runs: tests/test_cli.py (badnets, wanet); runs in
-fresh processes after SIGKILLs: tests/test_crash_safety.py. What is and is not deterministic on a GPU: README."""
+fresh processes after SIGKILLs: tests/reliability/test_crash_safety.py. What is and is not deterministic on a GPU:
+README."""
 
 from __future__ import annotations
 

@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 from advml.bench import load_spec, render_report, run_bench
 from advml.bench.report import MISSING, build_table, paired_table
 from advml.bench.store import ResultStore
 from advml.errors import ConfigError, DataError
 
-SEED = Path(__file__).parents[1] / "configs" / "seed"
+SEED = ROOT / "configs" / "seed"
 SPECS = ["attacks", "table1_issba", "table2_defense", "table3_rap"]
 
 

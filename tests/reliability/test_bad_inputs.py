@@ -3,7 +3,7 @@ nothing was written (no --out folder for the CLI, no file at all for the Python 
 
 The CLI cases run `advml backdoor|transfer --out <tmp>/run ...` in-process; the error class is recorded where the
 CLI turns it into `advml: error: ...` and exit code 2. Data-dependent cases use a tiny `.npz` dataset (instant to
-load). `python tests/test_bad_inputs.py` prints the table of inputs and messages as markdown.
+load). `python tests/reliability/test_bad_inputs.py` prints the table of inputs and messages as markdown.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typer.testing import CliRunner
 
 import advml.cli
 from advml.errors import AdvmlError, ConfigError, DataError, InputError, UnknownNameError, UnsafeFileError
+
+ROOT = Path(__file__).resolve().parents[2]  # also run as a script: `python tests/reliability/test_bad_inputs.py`
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--no-progress"]
@@ -563,7 +565,7 @@ LOADERS = re.compile(r"torch\.load\(|np\.load\(|numpy\.load\(|pickle\.loads?\(|U
 
 def test_every_load_of_weights_data_and_triggers_goes_through_utils_io():
     """No module but advml/utils/io.py opens weights, checkpoints, arrays, images or data files itself."""
-    root = Path(__file__).resolve().parents[1] / "advml"
+    root = ROOT / "advml"
     offenders = [f"{p.relative_to(root)}:{i}: {line.strip()}"
                  for p in sorted(root.rglob("*.py")) if p != root / "utils" / "io.py"
                  for i, line in enumerate(p.read_text().splitlines(), 1)
@@ -725,7 +727,7 @@ def test_ctrl_c_says_how_to_resume_and_the_resumed_run_counts_both_processes(tmp
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "advml", "backdoor", "--out", str(out), "--train-size", "200", "--test-size", "50",
            "--epochs", "40", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     # a shell's background job (nohup, `&`) starts with SIGINT ignored and a child inherits that: restore the default
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

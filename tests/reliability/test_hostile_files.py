@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.paths import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from advml.errors import AdvmlError, ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN = ["--epochs", "1", "--no-progress", "--train-size", "20", "--test-size", "10"]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.paths import ROOT
 
 from advml.config import dump_yaml
 from advml.errors import ConfigError
@@ -449,7 +450,7 @@ def test_a_second_run_into_a_folder_in_use_exits_2_naming_the_holder(npz, tmp_pa
     from advml.cli import app
 
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "locked"
