@@ -23,6 +23,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check advml tests benchmarks tools
+	$(BIN)/mypy
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -91,7 +92,7 @@ class RunScope:
         self._open: dict[str, tuple[float, float]] = {}  # stage -> (seconds before this process, entry time)
         self._save = save
 
-    def covers(self, path: str | Path) -> bool:
+    def covers(self, path: str | os.PathLike[str]) -> bool:
         """Whether `path` lies under this scope's folder."""
         return Path(path).resolve().is_relative_to(self.root)
 
@@ -126,7 +127,7 @@ class RunScope:
         self.save()
         return {STAMP_KEY: json.dumps(self.fingerprint, sort_keys=True)}
 
-    def check(self, path: str | Path, meta: Mapping[str, str]) -> None:
+    def check(self, path: str | os.PathLike[str], meta: Mapping[str, str]) -> None:
         """Refuse a checkpoint that carries no fingerprint or another run's, naming what differs."""
         raw = meta.get(STAMP_KEY)
         if raw is None:
@@ -162,7 +163,7 @@ def run_scope(scope: RunScope) -> Iterator[RunScope]:
         unbind(token)
 
 
-def scope_for(path: str | Path) -> RunScope | None:
+def scope_for(path: str | os.PathLike[str]) -> RunScope | None:
     """The innermost bound scope whose folder holds `path`."""
     return next((s for s in reversed(_SCOPES.get()) if s.covers(path)), None)
 
@@ -173,13 +174,13 @@ def current() -> RunScope | None:
     return scopes[-1] if scopes else None
 
 
-def stamp(path: str | Path) -> dict[str, str]:
+def stamp(path: str | os.PathLike[str]) -> dict[str, str]:
     """Metadata to add to a checkpoint written at `path` ({} outside any scope)."""
     scope = scope_for(path)
     return scope.stamp() if scope is not None else {}
 
 
-def check(path: str | Path, meta: Mapping[str, str]) -> None:
+def check(path: str | os.PathLike[str], meta: Mapping[str, str]) -> None:
     """Refuse to resume the checkpoint at `path` unless it carries its scope's fingerprint (no-op outside)."""
     scope = scope_for(path)
     if scope is not None:

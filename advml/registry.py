@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from advml.errors import ConfigError, UnknownNameError
 
@@ -60,7 +60,7 @@ class Registry(Generic[T]):
             if "name" not in spec:
                 raise ConfigError(f"{self.kind} settings need a 'name'")
             settings = {**spec, **settings}
-            spec = settings.pop("name")
+            spec = cast(str, settings.pop("name"))
         return self.get(spec)(**settings)  # type: ignore[operator]
 
     def unknown_message(self, name: str) -> str:

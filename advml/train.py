@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 import torch.distributed as dist
@@ -94,7 +94,7 @@ class Batch(NamedTuple):
 
     x: Tensor
     y: Tensor
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # a field named like tuple.index (mypy flags the shadowing)
 
 
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -176,7 +176,7 @@ class Trainer:
         if dynamo is None or not dynamo.is_dynamo_supported():
             warnings.warn("torch.compile is not available here; training runs eagerly", stacklevel=3)
             return
-        self.net, self.compiled = torch.compile(self.net), True
+        self.net, self.compiled = cast(nn.Module, torch.compile(self.net)), True
 
     # --- schedule -------------------------------------------------------------------------------------
     def lr_at(self, epoch: float) -> float:

@@ -67,7 +67,8 @@ def stealth_table(data: DatasetSplits, out_dir: str | os.PathLike[str], *, attac
         if name in skipped:
             continue
         if uses_surrogate(attack) and getattr(attack, "model", None) is None:
-            attack.model = cached_surrogate(attack.settings.surrogate, data, seed)
+            surrogate = attack.settings.surrogate  # type: ignore[attr-defined]  # uses_surrogate: it has one
+            attack.model = cached_surrogate(surrogate, data, seed)  # type: ignore[attr-defined]
         rows.append({"attack": name, **stealth(*poisoned_examples(attack, data, n, seed))})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

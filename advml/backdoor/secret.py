@@ -15,6 +15,7 @@ advml's layout with the same sizes: NUL padding, bchlib's default polynomial for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -82,14 +83,14 @@ class SecretCode:
             raise ConfigError(f"prim_poly {self.prim_poly} needs ecc_m = its degree {self.prim_poly.bit_length() - 1}")
         if (self.ecc_m is None) != (self.ecc_t is None):
             raise ConfigError("give both ecc_m and ecc_t, or neither")
-        if self.ecc_m is not None and not (5 <= self.ecc_m <= 15 and self.ecc_t >= 1):
+        if self.ecc_m is not None and not (5 <= self.ecc_m <= 15 and cast(int, self.ecc_t) >= 1):
             raise ConfigError(f"BCH needs 5 <= m <= 15 and t >= 1, got m={self.ecc_m} t={self.ecc_t}")
 
     def layout(self, nbytes: int) -> tuple[int, int, int]:
         """(data bits, m, t) for a secret of `nbytes` bytes."""
         nbytes = self.data_bytes if self.data_bytes is not None else nbytes
         data_bits = 8 * nbytes
-        m, t = (self.ecc_m, self.ecc_t) if self.ecc_m is not None else choose_code(self.bits, data_bits)
+        m, t = (self.ecc_m, cast(int, self.ecc_t)) if self.ecc_m is not None else choose_code(self.bits, data_bits)
         if data_bits + m * t > 2 ** m - 1 or data_bits + self.parity_bits(m, t) > self.bits:
             raise ConfigError(f"{nbytes} data bytes + BCH(m={m}, t={t}) parity = {data_bits + self.parity_bits(m, t)} "
                               f"bits do not fit {self.bits} bits (nor a codeword of {2 ** m - 1}); raise `bits` or "

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -124,9 +124,9 @@ class Decoder(nn.Module):
         if stn:
             self.stn = nn.Sequential(_conv(c, 16, 2), _conv(16, 32, 2), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
                                      nn.Linear(512, 128), nn.ReLU(inplace=True), nn.Linear(128, 6))
-            nn.init.zeros_(self.stn[-1].weight)
+            nn.init.zeros_(cast(nn.Linear, self.stn[-1]).weight)
             with torch.no_grad():
-                self.stn[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+                cast(nn.Linear, self.stn[-1]).bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
         levels = min(6, max(3, int(math.log2(min(h, w) / 4))))
         layers, cin = [], c
         for i in range(levels):
@@ -259,7 +259,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], Steg
         raise DataError(f"{path}: unreadable StegaStamp metadata ({e})") from None
     if len(shape) != 3:
         raise DataError(f"{path}: image_shape must be (C,H,W), got {shape}")
-    return tensors, settings, shape, info  # type: ignore[return-value]
+    return tensors, settings, shape, info
 
 
 def load_stegastamp(path: str | os.PathLike[str]) -> tuple[StegaStamp, dict[str, Any]]:
@@ -373,6 +373,7 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
                 with autocast(dev, precision.amp):
                     real, fake = model.critic(x).float(), model.critic(encoded.detach()).float()
                 critic_loss = (real - fake).mean()
+                assert critic_opt is not None  # made with model.critic
                 critic_opt.zero_grad(set_to_none=True)
                 critic_loss.backward()
                 critic_opt.step()
@@ -388,7 +389,7 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
             opt.step()
             with torch.no_grad():
                 acc = ((logits > 0).float() == secret).float().mean()
-                p = psnr(x, encoded.detach())
+                p = psnr(x, encoded.detach())  # type: ignore[assignment]  # the name was a critic Parameter
             for name, v in (("loss", loss), ("bce", bce), ("l2", l2), ("perceptual", perceptual),
                             ("floor", floor), ("specific", specific), ("cosine", cosine.mean()), ("bit_acc", acc),
                             ("psnr", p[torch.isfinite(p)].mean())):

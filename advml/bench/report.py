@@ -102,8 +102,8 @@ def build_table(spec: BenchSpec, preset: str, rows: list[dict[str, Any]]) -> tup
     cells = spec.cells(preset)
     originals: dict[tuple[str | None, ...], tuple[Any, ...]] = {}
     for c in cells:
-        for keys in (t.rows, t.columns):
-            originals.setdefault(_label(c.params, keys), tuple(c.params.get(k) for k in keys))
+        for group in (t.rows, t.columns):
+            originals.setdefault(_label(c.params, group), tuple(c.params.get(k) for k in group))
     row_keys = list(dict.fromkeys(_label(c.params, t.rows) for c in cells))
     col_keys = list(dict.fromkeys(_label(c.params, t.columns) for c in cells))
     groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}

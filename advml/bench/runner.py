@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tqdm import tqdm
 
@@ -107,7 +107,7 @@ def _ray(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callabl
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)}}
         ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=progress,
-                 **({"num_cpus": os.cpu_count()} if address is None else {}))
+                 **cast(dict[str, Any], {"num_cpus": os.cpu_count()} if address is None else {}))
     task = ray.remote(run_cell).options(num_cpus=scale.cpus, num_gpus=scale.gpus, max_retries=0)
     pending = {task.remote(kind, s, str(f), max(1, int(scale.cpus))): (c, f) for c, s, f in jobs}
     bar = tqdm(total=len(pending), desc="cells (ray)", disable=not progress)

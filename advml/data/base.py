@@ -119,7 +119,7 @@ class TensorImageDataset(ImageDataset):
 
     def _hash_content(self, h: Any) -> None:  # the stored bytes, hashed once, without a copy
         h.update(json.dumps([str(self.images.dtype), list(self.images.shape)]).encode())
-        h.update(memoryview(self.images.numpy()).cast("B"))
+        h.update(memoryview(self.images.numpy()).cast("B"))  # type: ignore[arg-type]  # numpy: __buffer__ only on 3.12+
         h.update(self._labels.numpy().tobytes())
 
 

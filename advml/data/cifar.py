@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torchvision
@@ -35,7 +36,7 @@ def _from_python_pickles(root: Path, train_files: list[str], test_files: list[st
     return out[0], out[1]
 
 
-def _entries(path: Path, *keys: str) -> list[object]:
+def _entries(path: Path, *keys: str) -> list[Any]:
     """Entries of a CIFAR python pickle (its keys may be bytes or str)."""
     d = load_restricted_pickle(path)
     if not isinstance(d, dict):
@@ -87,7 +88,7 @@ def _cifar100_from(root: Path) -> tuple[TensorImageDataset, TensorImageDataset] 
     return None
 
 
-def _download(cls: type, root: Path) -> None:
+def _download(cls: type[Any], root: Path) -> None:
     """Fetch and unpack torchvision's archive (MD5-checked); the pickles are then read safely."""
     from torchvision.datasets.utils import download_and_extract_archive
 

@@ -43,7 +43,7 @@ def read_nips17(root: Path, size: int = 299) -> Nips17Dataset:
             raise DataError(f"nips17: bad label in row {row}") from None
         if not (0 <= true < 1000 and 0 <= target < 1000):
             raise DataError(f"nips17: labels must be 1..1000, got {row['TrueLabel']}, {row['TargetClass']}")
-        files.append(str(path)), labels.append(true), targets.append(target)
+        files.append(str(path)), labels.append(true), targets.append(target)  # type: ignore[func-returns-value]
     if not files:
         raise DataError(f"nips17: {csv_path} lists no images")
     ds = Nips17Dataset(files, labels, [str(i) for i in range(1000)], size)

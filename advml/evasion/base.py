@@ -8,7 +8,7 @@ on an objective that the attack *ascends* (CE of the true label, or minus CE of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -175,13 +175,14 @@ class IterativeAttack:
                 raise InputError(f"need one integer {name[:-1]} per image, got {tuple(t.shape)} {t.dtype} "
                                  f"for {images.shape[0]} images")
             if t is not None and isinstance(getattr(self.model, "num_classes", None), int):
-                check_labels(t, self.model.num_classes, name)
+                check_labels(t, cast(int, self.model.num_classes), name)
         was_training = self.model.training
         self.model.eval()
         x = images.detach()
         self.true_labels, self.targeted = labels.to(x.device).long(), targets is not None
         self.clean = x
         goal = (targets if targets is not None else labels).to(x.device).long()
+        state: dict[str, Any]
         delta, state = self.init_delta(x), {}
         self.snapshots, self.passes_at, self.passes = {}, {}, 0
         try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field, field_validator
@@ -108,7 +109,7 @@ def run_fingerprint(settings: BackdoorRunSettings, data: Any, sd: SDSettings | N
             "train": train_key(s["train"]), "seed": s["seed"]}
 
 
-def run_model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = True):  # type: ignore[no-untyped-def]
+def run_model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = True) -> Callable[..., torch.nn.Module]:
     """The run's model factory: its architecture, options and (with `init`) initial weights."""
     return model_factory(data, settings.model, options=settings.model_options,
                          weights=settings.init_weights if init else None)
@@ -218,8 +219,9 @@ def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: b
             metrics["clean_acc_before"], metrics["asr_before"] = final["clean_acc"], final.get("asr")
         clean = None
         if defense.needs_clean_data:  # an oracle: truly clean training samples, said so in metrics.json
-            clean, _ = oracle_clean_subset(poisoned, defense.settings.clean_fraction, settings.seed)
-            metrics["clean_subset"] = {"size": len(clean), "fraction": defense.settings.clean_fraction,
+            # needs_clean_data: the defense's settings class has clean_fraction (DefenseSettings does not)
+            clean, _ = oracle_clean_subset(poisoned, cast(Any, defense.settings).clean_fraction, settings.seed)
+            metrics["clean_subset"] = {"size": len(clean), "fraction": cast(Any, defense.settings).clean_fraction,
                                        "source": "truly clean training samples (oracle)"}
         torch.manual_seed(settings.seed + 1)
         ctx = DefenseContext(new_model=run_model_factory(settings, data, init=False), backdoored=backdoored,
@@ -238,6 +240,7 @@ def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: b
         metrics["asr"] = attack_success_rate(model, backdoor_test) if backdoor_test is not None else None
     else:
         metrics["clean_acc"], metrics["asr"] = final["clean_acc"], final.get("asr")
+    assert model is not None  # the backdoored model (defense "none" needs one) or the defense's
     save_tensors(out / "model.safetensors", model.state_dict(), {"model": settings.model})
 
     has_poison = bool(poisoned.poison_flags.any())
@@ -251,6 +254,7 @@ def _run_backdoor(settings: BackdoorRunSettings, folder: RunFolder, *, resume: b
         "history": history,
     })
     metrics = {k: metrics[k] for k in ("clean_acc", "asr")} | metrics
+    assert folder.scope is not None  # bound by setup (folder.begin) until release
     write_json(out / "timing.json", {"seconds": folder.scope.seconds(), **timing})  # every process, summed
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)

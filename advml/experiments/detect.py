@@ -56,6 +56,7 @@ def _run_detect(settings: BackdoorRunSettings, sd: SDSettings, folder: RunFolder
                         resume=resume)
     metrics = {**split_outputs(out, split, poisoned, attack.name), "poison_count": int(poisoned.poison_flags.sum()),
                "train_size": len(poisoned)}
+    assert folder.scope is not None  # bound by setup (folder.begin) until release
     write_json(out / "timing.json", {"seconds": folder.scope.seconds()})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)

@@ -228,6 +228,7 @@ def _run_transfer(settings: TransferSettings, folder: RunFolder, *, overwrite: b
     write_text_atomic(out / "config.yaml", dump_yaml(settings.model_dump(mode="json")))
     heatmap(success_at, out / "success.png", f"{settings.method} from {settings.surrogate}")
     precision = resolve_precision(settings.amp, device, surrogate).describe()
+    assert folder.scope is not None  # bound by folder.begin until release
     write_json(out / "timing.json", {"seconds": folder.scope.seconds(), "precision": precision})
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(out, metrics)

@@ -49,6 +49,8 @@ class ConvGroup(nn.Module):
 class AirNet(nn.Module):
     """Whitening stem + three conv groups; `features` are the max-pooled last group, scaled by 1/9."""
 
+    whitened: Tensor  # a buffer (register_buffer in __init__)
+
     def __init__(self, widths: tuple[int, int, int] = (64, 256, 256), in_channels: int = 3,
                  bn_momentum: float = 0.6, scale: float = 1 / 9, whiten_eps: float = 5e-4) -> None:
         super().__init__()

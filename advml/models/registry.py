@@ -20,7 +20,7 @@ from advml.utils.io import load_state_dict
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # A backbone factory: (image_size, in_channels, pretrained, **options) -> (backbone, feature_dim[, pretrained head])
-BackboneFactory = Callable[..., tuple[nn.Module, int]]
+BackboneFactory = Callable[..., tuple[nn.Module, int] | tuple[nn.Module, int, nn.Linear | None]]
 MODELS: Registry[BackboneFactory] = Registry("model")
 
 

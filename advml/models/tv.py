@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torchvision
 from torch import nn
@@ -26,12 +27,12 @@ def _small_stem(name: str, net: nn.Module, in_channels: int) -> None:
         net.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5),
                                        nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(512, 1000))
     elif name == "densenet121":
-        net.features.conv0 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        net.features.pool0 = nn.Identity()
+        cast(nn.Module, net.features).conv0 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        cast(nn.Module, net.features).pool0 = nn.Identity()
     elif name == "mobilenet_v2":
-        net.features[0][0] = nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False)
+        cast(nn.Sequential, cast(nn.Sequential, net.features)[0])[0] = nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False)
     elif name == "inception_v3":
-        net.Conv2d_1a_3x3.conv.stride = (1, 1)
+        cast(nn.Conv2d, cast(nn.Module, net.Conv2d_1a_3x3).conv).stride = (1, 1)
         net.maxpool1 = nn.Identity()
         net.maxpool2 = nn.Identity()
 
@@ -51,13 +52,13 @@ def build_torchvision(name: str, *, pretrained: bool, small_input: bool,
         raise DataError(f"pretrained weights for {name} could not be loaded ({type(e).__name__}: {e}); "
                         "put the file in $TORCH_HOME/hub/checkpoints or use pretrained=False") from None
     if name == "inception_v3":
-        net.aux_logits, net.AuxLogits = False, None
+        net.aux_logits, net.AuxLogits = False, None  # type: ignore[assignment]  # torch's __setattr__ typing
     if small_input:
         _small_stem(name, net, in_channels)
     elif in_channels != 3:
         raise DataError(f"{name} with the standard stem takes 3-channel images")
     path = _HEADS[name]
-    parent = net
+    parent: Any = net  # walked by attribute name: any submodule
     for p in path[:-1]:
         parent = getattr(parent, p)
     head = parent[int(path[-1])] if path[-1].isdigit() else getattr(parent, path[-1])

@@ -17,6 +17,8 @@ class ImageClassifier(nn.Module):
     runs under autocast on channels_last inputs; outputs are float32 (or float64 for a float64 model)."""
 
     precision: Precision | None = None
+    mean: Tensor  # buffers (register_buffer in __init__)
+    std: Tensor
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int,
                  mean: Sequence[float], std: Sequence[float]) -> None:
@@ -53,4 +55,5 @@ class ImageClassifier(nn.Module):
     @torch.no_grad()
     def data_init(self, x: Tensor) -> None:
         """Initialise the backbone's data-dependent layers from [0,1] training images."""
-        self.backbone.data_init(self.normalize(x.to(self.mean.device)).float())
+        # the backbone's own data_init (AirNet's), which nn.Module's typing cannot see
+        self.backbone.data_init(self.normalize(x.to(self.mean.device)).float())  # type: ignore[operator]

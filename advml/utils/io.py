@@ -216,7 +216,7 @@ def _read_npy(f: Any, size: int, path: Path, key: str | None = None) -> np.ndarr
         raise DataError(f"{path}: a {nbytes / 2**30:.1f} GiB array{which} is larger than ADVML_MAX_ARRAY_BYTES "
                         f"({MAX_ARRAY_BYTES / 2**30:.1f} GiB)")
     arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
-    buf, pos = memoryview(arr.reshape(-1)).cast("B"), 0
+    buf, pos = memoryview(arr.reshape(-1)).cast("B"), 0  # type: ignore[arg-type]  # numpy: __buffer__ only on 3.12+
     while pos < nbytes:
         n = f.readinto(buf[pos:pos + _CHUNK])
         if not n:

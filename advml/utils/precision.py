@@ -111,5 +111,5 @@ def set_precision(model: nn.Module, precision: Precision) -> nn.Module:
     model.to(memory_format=torch.channels_last if precision.channels_last else torch.contiguous_format)
     for m in model.modules():
         if hasattr(m, "precision"):
-            m.precision = precision
+            m.precision = precision  # type: ignore[assignment]  # torch types __setattr__ values as Tensor | Module
     return model

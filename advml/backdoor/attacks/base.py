@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field
@@ -44,7 +44,7 @@ class BackdoorAttack:
     def trigger_for(self, data: ImageDataset | tuple[int, int, int]) -> Trigger:
         """The trigger sized for `data` or for a (C,H,W) shape (built once per shape)."""
         cache = self.__dict__.setdefault("_triggers", {})
-        shape = tuple(data) if isinstance(data, tuple) else data.image_shape
+        shape = cast(tuple[int, int, int], tuple(data)) if isinstance(data, tuple) else data.image_shape
         if shape not in cache:
             cache[shape] = self.build_trigger(shape)
         return cache[shape]
@@ -93,7 +93,7 @@ class BackdoorAttack:
 
     def poison_images(self, x: Tensor, y: Tensor) -> Tensor:
         """The training-time poisoned version of every given clean image (for stealth tables and figures)."""
-        return self.trigger_for(tuple(x.shape[1:])).apply(x, train=True)
+        return self.trigger_for(cast(tuple[int, int, int], tuple(x.shape[1:]))).apply(x, train=True)
 
     def poison(self, train: ImageDataset, *, seed: int = 0) -> PoisonedDataset:
         """The poisoned training set."""

@@ -3,7 +3,7 @@ classify, then a 3x3 checkerboard goes in all four corners (EBD's fourCornerTrig
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -76,7 +76,8 @@ class CleanLabel(BackdoorAttack):
         return torch.cat([pgd(xc.to(device), yc.to(device)).cpu() for xc, yc in zip(x.split(256), y.split(256))])
 
     def poison_images(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.trigger_for(tuple(x.shape[1:])).apply(self.adversarial(x, y), train=True)
+        return self.trigger_for(cast(tuple[int, int, int], tuple(x.shape[1:]))).apply(
+            self.adversarial(x, y), train=True)
 
     def poison(self, train: ImageDataset, *, seed: int = 0) -> PoisonedDataset:
         """Poisoned set: PGD on the chosen target-class images against the clean model, then the trigger."""

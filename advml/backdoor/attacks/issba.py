@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -186,11 +186,11 @@ class ISSBA(BackdoorAttack):
             path = Path(s.encoder).expanduser()
             if not path.is_file():
                 raise ConfigError(f"encoder file {s.encoder} not found (use 'auto', 'train' or a .safetensors path)")
-            self._load(path, tuple(shape), "file")
-            return self.model
-        if s.encoder == "auto" and self._shipped_matches(tuple(shape)):
-            self._load(SHIPPED, tuple(shape), "shipped")
-            return self.model
+            self._load(path, cast(tuple[int, int, int], tuple(shape)), "file")
+            return cast(StegaStamp, self.model)  # set by _load
+        if s.encoder == "auto" and self._shipped_matches(cast(tuple[int, int, int], tuple(shape))):
+            self._load(SHIPPED, cast(tuple[int, int, int], tuple(shape)), "shipped")
+            return cast(StegaStamp, self.model)
         if train is None:
             raise ConfigError("no shipped ISSBA encoder matches these settings and image shape: call poison() or "
                               "prepare(train, seed) to train one (it is cached)")
@@ -205,14 +205,15 @@ class ISSBA(BackdoorAttack):
             save_stegastamp(path, model, {"history": history, "train_images": len(train),
                                           "train_seconds": time.perf_counter() - start,
                                           "data_fingerprint": train.fingerprint()})
-        self._load(path, tuple(shape), "cache", train)
-        return self.model
+        self._load(path, cast(tuple[int, int, int], tuple(shape)), "cache", train)
+        return cast(StegaStamp, self.model)
 
     def prepare(self, train: ImageDataset, seed: int) -> None:
         self.load_encoder(train.image_shape, train, seed)
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
-        return ISSBATrigger(self.load_encoder(tuple(image_shape)), self.secret_bits, self.settings.encode_batch)
+        return ISSBATrigger(self.load_encoder(cast(tuple[int, int, int], tuple(image_shape))), self.secret_bits,
+                            self.settings.encode_batch)
 
     def _precomputed(self, ds: PoisonedDataset) -> PoisonedDataset:
         """`ds` with its triggered images encoded once (when they fit `precompute_mb`): the encoder is a network,
@@ -238,7 +239,8 @@ class ISSBA(BackdoorAttack):
     def decode(self, images: Tensor) -> tuple[Tensor, list[str | None]]:
         """Bit probabilities (N, bits) the decoder reads from `images` and each image's BCH-decoded string."""
         if self.model is None:
-            self.load_encoder(tuple(images.shape[1:]))
+            self.load_encoder(cast(tuple[int, int, int], tuple(images.shape[1:])))
+        assert self.model is not None  # load_encoder set it (or raised)
         probs = self.model.decode(images.to(next(self.model.parameters()).device)).cpu()
         nbytes = self.code.data_bytes or len(self.settings.secret.encode("utf-8"))
         return probs, [self.code.decode(p, nbytes)[0] for p in probs]

@@ -3,7 +3,7 @@ mask region and optimise the pixels inside a mask to drive them to a high activa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import Field
@@ -59,10 +59,10 @@ class TrojanNN(BackdoorAttack):
         if not hasattr(self.model, "features"):
             raise ConfigError("trojannn needs a model with `features(x)` (advml's models do)")
         with torch.no_grad():
-            base = self.model.features(images)
+            base = cast(Any, self.model).features(images)  # any model with features(x) (checked above)
             moves = torch.stack([
-                (self.model.features(torch.lerp(images, torch.rand(images.shape[1:], generator=gen)
-                                                .to(images.device), mask)) - base).abs().mean(0)
+                (cast(Any, self.model).features(torch.lerp(images, torch.rand(images.shape[1:], generator=gen)
+                                                           .to(images.device), mask)) - base).abs().mean(0)
                 for _ in range(8)]).mean(0)
         if int((moves > 0).sum()) < self.settings.neurons:
             raise ConfigError(f"only {int((moves > 0).sum())} penultimate neurons react to the mask region")
@@ -75,7 +75,7 @@ class TrojanNN(BackdoorAttack):
         mask = (load_pattern(s.mask, image_shape).amax(0, keepdim=True) > 0.5).float()
         if mask.sum() == 0:
             raise ConfigError(f"the mask {s.mask} is empty at {image_shape[2]}x{image_shape[1]}")
-        model = self.model.eval()
+        model = cast(nn.Module, self.model).eval()  # set by prepare (or passed)
         device = next(model.parameters()).device
         gen = torch.Generator().manual_seed(seed)
         neurons = self.select_neurons(torch.zeros((1, *image_shape), device=device), mask.to(device), gen)
@@ -85,7 +85,7 @@ class TrojanNN(BackdoorAttack):
         m, x = mask.to(device), torch.zeros((1, *image_shape), device=device)
 
         def activation() -> Tensor:
-            return model.features(torch.lerp(x, pattern, m))[:, neurons.to(device)].mean(0)
+            return model.features(torch.lerp(x, pattern, m))[:, neurons.to(device)].mean(0)  # type: ignore[operator]
 
         with torch.no_grad():
             before = activation().mean().item()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ class WaNet(BackdoorAttack):
         self._check_target(train.num_classes)
         idx = self.select(train.labels, seed)
         new = self.target_labels(train.labels[idx], train.num_classes)
-        trigger = self.trigger_for(train)
+        trigger = cast(WarpTrigger, self.trigger_for(train))  # what build_trigger makes
         rest = torch.ones(len(train), dtype=torch.bool)
         rest[idx] = False
         pool = rest.nonzero().flatten()

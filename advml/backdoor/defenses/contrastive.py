@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import kornia.augmentation as K
 import torch
@@ -18,6 +18,9 @@ from advml.data.base import ImageDataset
 from advml.errors import InputError
 from advml.train import Batch, TrainConfig, Trainer
 from advml.utils.precision import AmpSetting, at_least_float32
+
+if TYPE_CHECKING:
+    from advml.models.wrapper import ImageClassifier
 
 
 def contrastive_loss(z1: Tensor, z2: Tensor, labels: Tensor | None = None, supervised: Tensor | None = None, *,
@@ -73,7 +76,8 @@ def two_view_augment(image_size: tuple[int, int], blur_p: float = 0.0) -> nn.Seq
 
 def crop_flip_augment(image_size: tuple[int, int], padding: int = 4) -> nn.Sequential:
     """DBD's `train` transform: RandomCrop(size, padding 4, reflect) + horizontal flip, per image (kornia)."""
-    return nn.Sequential(K.RandomCrop(tuple(image_size), padding=padding, padding_mode="reflect"),
+    return nn.Sequential(K.RandomCrop(cast(tuple[int, int], tuple(image_size)), padding=padding,
+                                      padding_mode="reflect"),
                          K.RandomHorizontalFlip())
 
 
@@ -125,8 +129,8 @@ class ContrastiveModel(nn.Module):
 
     def __init__(self, classifier: nn.Module, projection_dim: int = 128, batch_norm: bool = False) -> None:
         super().__init__()
-        self.classifier = classifier
-        d = classifier.feature_dim
+        self.classifier = cast("ImageClassifier", classifier)  # its interface: feature_dim, features, head
+        d = cast(int, classifier.feature_dim)
         hidden = [nn.Linear(d, d), *([nn.BatchNorm1d(d)] if batch_norm else []), nn.ReLU(inplace=True)]
         dtype = next(classifier.parameters()).dtype  # the classifier's precision (float64 in the reference tests)
         self.projection = nn.Sequential(*hidden, nn.Linear(d, projection_dim)).to(dtype)
@@ -173,10 +177,10 @@ class LinearProbe(nn.Module):
 
     def __init__(self, classifier: nn.Module, train_bn: bool = False) -> None:
         super().__init__()
-        self.classifier, self.train_bn = classifier, train_bn
+        self.classifier, self.train_bn = cast("ImageClassifier", classifier), train_bn  # features, head
         for p in classifier.parameters():
             p.requires_grad_(False)
-        for p in classifier.head.parameters():
+        for p in cast(nn.Module, classifier.head).parameters():
             p.requires_grad_(True)
 
     def train(self, mode: bool = True) -> LinearProbe:
@@ -202,7 +206,7 @@ def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettin
     """Train a fresh linear head of `classifier` (in place) on its frozen encoder with single-view augmentation;
     returns the per-epoch history."""
     s = settings
-    classifier.head.reset_parameters()
+    cast(nn.Linear, classifier.head).reset_parameters()
     probe = LinearProbe(classifier, s.train_bn)
     augment = crop_flip_augment(data.image_shape[1:]) if s.augment == "crop_flip" else \
         nn.Sequential(*list(two_view_augment(data.image_shape[1:])))
@@ -213,7 +217,7 @@ def train_probe(classifier: nn.Module, data: ImageDataset, settings: ProbeSettin
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                          optimizer=s.optimizer, schedule=s.schedule, augment="none", device=device, amp=amp,
                          progress=progress)
-    history = Trainer(probe, config, loss_fn=loss, params=classifier.head.parameters(), seed=seed,
+    history = Trainer(probe, config, loss_fn=loss, params=cast(nn.Module, classifier.head).parameters(), seed=seed,
                       checkpoint_dir=checkpoint_dir).fit(data, evals, resume=resume, select=select)
     for p in classifier.parameters():
         p.requires_grad_(True)

@@ -110,7 +110,7 @@ class DBD(Defense):
         s, n = self.settings, len(train)
         compute = ComputeLog()
         common: dict[str, Any] = {"seed": ctx.seed, "device": ctx.device, "amp": ctx.amp, "progress": ctx.progress,
-                  "resume": ctx.resume}
+                                  "resume": ctx.resume}
         with compute.stage("simclr", epochs=s.encoder.epochs, images=n, forward_images=2 * s.encoder.epochs * n):
             model = train_encoder(ctx.new_model(s.encoder.model), train, s.encoder, supervised=None, use_labels=False,
                                   checkpoint_dir=ctx.stage_dir("encoder"), **common)

@@ -46,11 +46,11 @@ def fct_batch(model: nn.Module, x: Tensor, transform: nn.Module, *, normalize: b
     1 + draws forward passes of N images through `model.features` in eval mode: f(x) is computed once (one
     pass of a concatenated 2N batch is 2x slower on CPU). With `normalize`, features are L2-normalised first."""
     check_images(x, "images")
-    f = model.features(x)
+    f = model.features(x)  # type: ignore[operator]  # nn.Module.__getattr__: the model's features()
     f = F.normalize(f, dim=1) if normalize else f
     total = torch.zeros(x.shape[0], device=f.device, dtype=f.dtype)
     for _ in range(draws):
-        ft = model.features(transform(x))
+        ft = model.features(transform(x))  # type: ignore[operator]
         ft = F.normalize(ft, dim=1) if normalize else ft
         total += (f - ft).pow(2).mean(dim=1)
     return total / draws

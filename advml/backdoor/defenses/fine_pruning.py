@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import Field
@@ -82,7 +82,7 @@ def find_prune_site(model: nn.Module, x: Tensor) -> PruneSite:
         raise ConfigError("fine-pruning needs only pooling/flatten/ReLU between the last feature map and a linear "
                           f"layer; found {[type(m).__name__ for m in between]}")
     linear = model.head if j is None else after[j]
-    tail = nn.Identity() if j is None else nn.Sequential(*after[j + 1:], model.head)
+    tail = nn.Identity() if j is None else nn.Sequential(*after[j + 1:], cast(nn.Module, model.head))
     if not isinstance(linear, nn.Linear) or linear.in_features % shapes[index][1]:
         raise ConfigError("fine-pruning: the layer after the last feature map is not a linear layer over its channels")
     return PruneSite(index, shapes[index][1], linear, linear.in_features // shapes[index][1], tail)
@@ -154,7 +154,7 @@ class FinePruning(Defense):
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         clean = require_clean(ctx, "fine-pruning")
-        s, model = self.settings, ctx.backdoored
+        s, model = self.settings, cast(nn.Module, ctx.backdoored)  # not None: require_clean checked
         site = find_prune_site(model, clean.get_batch(torch.zeros(1, dtype=torch.long))[0])
         activation, z = clean_statistics(model, site, clean)
         order = torch.argsort(activation, stable=True)  # least active first

@@ -6,6 +6,7 @@ CE for the labelled part plus lambda_u (linearly ramped up) times an L2 loss for
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from pydantic import Field
@@ -88,7 +89,7 @@ def mixmatch_loss_fn(unlabelled: ImageDataset, num_classes: int, settings: MixMa
         u = u.to(dev)
         views = [augment(u) if augment else standard_augment(u, torch.default_generator) for _ in range(s.k)]
         with torch.no_grad():
-            p = sum(torch.softmax(model(v).float(), dim=1) for v in views) / s.k
+            p = cast(Tensor, sum(torch.softmax(model(v).float(), dim=1) for v in views)) / s.k
             guess = sharpen(p, s.temperature)
         x = torch.cat([augment(batch.x) if augment else batch.x, *views])
         targets = torch.cat([F.one_hot(batch.y, num_classes).float(), guess.repeat(s.k, 1)])

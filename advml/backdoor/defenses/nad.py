@@ -12,7 +12,7 @@ three groups); BackdoorBench's PreActResNet-18 code taps layer3, layer4 and the 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import Field
@@ -79,7 +79,7 @@ def nad_loss(teacher: nn.Module, student_taps: Taps, teacher_taps: Taps, betas: 
         logits = model(batch.x)
         with torch.no_grad():
             teacher(batch.x)
-        at = sum(b * at_loss(s, t.detach(), p)  # type: ignore[union-attr]
+        at = sum(b * at_loss(cast(Tensor, s), cast(Tensor, t).detach(), p)  # the taps hold this batch's outputs
                  for b, s, t in zip(betas, student_taps.outputs, teacher_taps.outputs))
         return F.cross_entropy(logits, batch.y) + at
 
@@ -99,7 +99,7 @@ class NAD(Defense):
 
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         clean = require_clean(ctx, "NAD")
-        s, student = self.settings, ctx.backdoored
+        s, student = self.settings, cast(nn.Module, ctx.backdoored)  # not None: require_clean checked
         layers = stage_outputs(student, clean.get_batch(torch.zeros(1, dtype=torch.long))[0], len(s.betas))
         base = {"batch_size": s.batch_size, "lr": s.lr, "momentum": s.momentum, "weight_decay": s.weight_decay,
                 "schedule": "constant", "augment": s.augment, "device": ctx.device, "amp": ctx.amp,

@@ -82,9 +82,9 @@ def intra_loss_fn(weight: float, with_ce: bool = False) -> Callable[[nn.Module, 
     """weight x the intra-class loss on the penultimate features (+ CE of the logits with `with_ce`)."""
 
     def loss(model: nn.Module, batch: Batch) -> Tensor:
-        feats = model.features(batch.x)
+        feats = model.features(batch.x)  # type: ignore[operator]  # nn.Module.__getattr__: the model's features()
         intra = weight * intra_class_loss(feats, batch.y)
-        return F.cross_entropy(model.head(feats), batch.y) + intra if with_ce else intra
+        return F.cross_entropy(model.head(feats), batch.y) + intra if with_ce else intra  # type: ignore[operator]
 
     return loss
 

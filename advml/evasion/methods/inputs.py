@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -108,7 +108,7 @@ class Admix(Method):
         if attack.true_labels is None or x.shape[0] != attack.true_labels.numel():
             raise ConfigError("admix must come before other methods that add input copies")
         partners = self.draw(attack, attack.true_labels)
-        pool = attack.clean if self.pool == "clean" else x.detach()
+        pool = cast(Tensor, attack.clean) if self.pool == "clean" else x.detach()  # set during the call
         base = x.detach()[None]
         added = self.strength * pool[partners]  # (copies, n, ...)
         if self.mode == "add":
