@@ -31,6 +31,7 @@ from advml.utils.checks import check_progress, check_state
 from advml.utils.io import load_json, load_tensors, save_tensors, write_json
 from advml.utils.precision import AmpSetting, at_least_float32, autocast, parse_amp, resolve_precision, set_precision
 from advml.utils.runtime import resolve_device
+from advml.utils.state import load_optimizer, model_state, optimizer_tensors
 
 CHECKPOINT_NAME = "last.safetensors"
 BEST_NAME = "best.safetensors"
@@ -99,11 +100,6 @@ class Batch(NamedTuple):
 
 LossFn = Callable[[nn.Module, Batch], Tensor]
 Phase = tuple[ImageDataset, LossFn]  # one pass over a dataset with its own loss, within an epoch
-
-
-def model_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The model weights among a checkpoint's tensors (keys `model.*`; optimiser and RNG state left out)."""
-    return {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
 def cross_entropy(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
@@ -225,18 +221,13 @@ class Trainer:
         """Write model, optimizer, RNG and progress to one safetensors file, atomically."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"slow.{k}": v for k, v in (self.slow or {}).items()})
-        opt = self.optimizer.state_dict()
-        scalars: dict[str, Any] = {}
-        for pid, state in opt["state"].items():
-            for key, val in state.items():
-                if isinstance(val, Tensor):
-                    tensors[f"optim.{pid}.{key}"] = val
-                else:
-                    scalars[f"{pid}.{key}"] = val
+        optim, scalars = optimizer_tensors(self.optimizer, "optim")
+        tensors.update(optim)
         tensors["rng.data"] = self.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"epoch": str(self.epoch), "step": str(self.step), "history": json.dumps(self.history),
-                "config": self._config_key(), "seed": str(self.seed), "param_groups": json.dumps(opt["param_groups"]),
+                "config": self._config_key(), "seed": str(self.seed),
+                "param_groups": json.dumps(self.optimizer.state_dict()["param_groups"]),
                 "optim_scalars": json.dumps(scalars), **provenance.stamp(path)}  # the run's fingerprint
         save_tensors(path, tensors, meta)
         # wall-clock figures beside the checkpoint, not in it: a checkpoint's content is a function of the seed
@@ -257,10 +248,7 @@ class Trainer:
             check_state(slow, {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}, str(path))
         self.model.load_state_dict(model_state(tensors))
         self.slow = slow or None
-        for k, v in scalars.items():
-            pid, key = k.split(".", 1)
-            state.setdefault(int(pid), {})[key] = v
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        load_optimizer(self.optimizer, state, scalars, groups)
         self.generator.set_state(tensors["rng.data"])
         torch.set_rng_state(tensors["rng.torch"])
         self.epoch, self.history = epoch, history

@@ -30,8 +30,8 @@ from advml.backdoor.defenses.split import split_by_score
 from advml.config import load_yaml, validate
 from advml.data import load_dataset
 from advml.models import build_model
-from advml.train import model_state
 from advml.utils.io import load_tensors, save_tensors, write_text_atomic
+from advml.utils.state import model_state
 
 
 def _ints(s: str) -> list[int]:

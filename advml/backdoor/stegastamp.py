@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from advml.config import Seed, Settings
 from advml.data.base import ImageDataset, as_image_dataset, stratified_indices
 from advml.errors import ConfigError, DataError, InputError, NumericalError
-from advml.train import model_state
 from advml.utils.checks import check_images, check_state
 from advml.utils.io import load_tensors, save_tensors
 from advml.utils.precision import AmpSetting, autocast, resolve_precision
 from advml.utils.runtime import resolve_device
+from advml.utils.state import load_optimizer, model_state, optimizer_state, optimizer_tensors
 
 CHECKPOINT_NAME = "last.safetensors"
 
@@ -209,30 +209,6 @@ def bit_accuracy(model: StegaStamp, images: Tensor, secret: Tensor, *, batch_siz
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------
-def _optim_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    tensors, scalars = {}, {}
-    for pid, state in opt.state_dict()["state"].items():
-        for key, val in state.items():
-            if isinstance(val, Tensor):
-                tensors[f"{name}.{pid}.{key}"] = val
-            else:
-                scalars[f"{pid}.{key}"] = val
-    return tensors, scalars
-
-
-def _restore_optim(name: str, opt: torch.optim.Optimizer, tensors: dict[str, Tensor], scalars: dict[str, Any],
-                   groups: list[dict[str, Any]], device: torch.device) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith(name + "."):
-            _, pid, key = k.split(".", 2)
-            state.setdefault(int(pid), {})[key] = v.to(device)
-    for k, v in scalars.items():
-        pid, key = k.split(".", 1)
-        state.setdefault(int(pid), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 def _settings_key(settings: StegaStampSettings, image_shape: tuple[int, int, int]) -> str:
     return json.dumps({"settings": settings.model_dump(), "image_shape": list(image_shape)}, sort_keys=True)
 
@@ -323,11 +299,11 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
         check_state(model_state(tensors), model.state_dict(), str(ckpt))
         try:
             model.load_state_dict(model_state(tensors))
-            _restore_optim("adam", opt, tensors, json.loads(meta["adam_scalars"]), json.loads(meta["adam_groups"]),
-                           dev)
+            load_optimizer(opt, optimizer_state(tensors, "adam", dev), json.loads(meta["adam_scalars"]),
+                           json.loads(meta["adam_groups"]))
             if critic_opt is not None:
-                _restore_optim("rms", critic_opt, tensors, json.loads(meta["rms_scalars"]),
-                               json.loads(meta["rms_groups"]), dev)
+                load_optimizer(critic_opt, optimizer_state(tensors, "rms", dev), json.loads(meta["rms_scalars"]),
+                               json.loads(meta["rms_groups"]))
             gen.set_state(tensors["rng.data"])
             epoch, history = int(meta["epoch"]), json.loads(meta["history"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:  # optimiser state, RNG state or history
@@ -401,12 +377,12 @@ def train_stegastamp(train: ImageDataset, settings: StegaStampSettings | None = 
         bar.set_postfix(bit_acc=f"{record['bit_acc']:.3f}", psnr=f"{record['psnr']:.1f}")
         if ckpt is not None:
             tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-            adam_t, adam_s = _optim_tensors("adam", opt)
+            adam_t, adam_s = optimizer_tensors(opt, "adam")
             tensors.update(adam_t)
             meta = {"key": key, "epoch": str(epoch + 1), "history": json.dumps(history),
                     "adam_scalars": json.dumps(adam_s), "adam_groups": json.dumps(opt.state_dict()["param_groups"])}
             if critic_opt is not None:
-                rms_t, rms_s = _optim_tensors("rms", critic_opt)
+                rms_t, rms_s = optimizer_tensors(critic_opt, "rms")
                 tensors.update(rms_t)
                 meta.update(rms_scalars=json.dumps(rms_s),
                             rms_groups=json.dumps(critic_opt.state_dict()["param_groups"]))

@@ -20,7 +20,7 @@ from advml.backdoor.defenses.dbr import ascent_loss
 from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
-from advml.train import Batch, TrainConfig, Trainer
+from advml.train import Batch
 
 
 def lga_loss(gamma: float) -> Callable[[nn.Module, Batch], Tensor]:
@@ -78,28 +78,25 @@ class ABL(Defense):
             raise ConfigError("ABL needs at least two training samples")
         compute = ComputeLog()
         model = ctx.new_model()
-        base = {"batch_size": s.batch_size, "momentum": s.momentum, "weight_decay": s.weight_decay,
-                "device": ctx.device, "amp": ctx.amp, "progress": ctx.progress}
+        base = {"batch_size": s.batch_size, "momentum": s.momentum, "weight_decay": s.weight_decay}
         history: dict[str, list] = {}
         with compute.stage("isolation", epochs=s.isolation_epochs, images=n):
-            config = TrainConfig(epochs=s.isolation_epochs, lr=s.lr, schedule="constant", augment=s.augment, **base)
-            history["isolation"] = Trainer(model, config, loss_fn=lga_loss(s.gamma), seed=ctx.seed,
-                                           checkpoint_dir=ctx.stage_dir("isolation")).fit(train, resume=ctx.resume)
+            config = ctx.config(epochs=s.isolation_epochs, lr=s.lr, schedule="constant", augment=s.augment, **base)
+            history["isolation"] = ctx.trainer(model, "isolation", config, loss_fn=lga_loss(s.gamma)).fit(
+                train, resume=ctx.resume)
         with compute.stage("isolate", epochs=1, images=n):
             split = isolate(sample_losses(model, train, lambda z, y: F.cross_entropy(z.float(), y, reduction="none")),
                             s.isolation_ratio)
         if s.finetune_epochs:
             with compute.stage("finetune", epochs=s.finetune_epochs, images=split.clean.numel()):
-                config = TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, schedule="multistep",
-                                     milestones=s.finetune_milestones, augment=s.augment, **base)
-                history["finetune"] = Trainer(model, config, seed=ctx.seed + 1,
-                                              checkpoint_dir=ctx.stage_dir("finetune")).fit(
+                config = ctx.config(epochs=s.finetune_epochs, lr=s.finetune_lr, schedule="multistep",
+                                    milestones=s.finetune_milestones, augment=s.augment, **base)
+                history["finetune"] = ctx.trainer(model, "finetune", config, seed_offset=1).fit(
                     SubsetDataset(train, split.clean), resume=ctx.resume)
         with compute.stage("unlearning", epochs=s.unlearning_epochs, images=split.poisoned.numel()):
-            config = TrainConfig(epochs=s.unlearning_epochs, lr=s.unlearning_lr, schedule="constant", augment="none",
-                                 **base)
-            history["unlearning"] = Trainer(model, config, loss_fn=ascent_loss, seed=ctx.seed + 2,
-                                            checkpoint_dir=ctx.stage_dir("unlearning")).fit(
+            config = ctx.config(epochs=s.unlearning_epochs, lr=s.unlearning_lr, schedule="constant", augment="none",
+                                **base)
+            history["unlearning"] = ctx.trainer(model, "unlearning", config, loss_fn=ascent_loss, seed_offset=2).fit(
                 SubsetDataset(train, split.poisoned), resume=ctx.resume)
         return DefenseResult(model, split, {"history": history, "score_name": "LGA-model CE loss",
                                             "metrics": {"defense_compute": compute.report()}})

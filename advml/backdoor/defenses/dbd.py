@@ -31,7 +31,7 @@ from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.metrics import map_batches
-from advml.train import CHECKPOINT_NAME, Batch, TrainConfig, Trainer
+from advml.train import CHECKPOINT_NAME, Batch, Trainer
 
 
 def sce_loss(logits: Tensor, y: Tensor, alpha: float = 0.1, beta: float = 1.0, reduction: str = "mean") -> Tensor:
@@ -123,9 +123,10 @@ class DBD(Defense):
 
         m = s.mixmatch
         augment = crop_flip_augment(train.image_shape[1:]) if s.augment == "standard" else (lambda x: x)
-        config = TrainConfig(epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, optimizer="adam", weight_decay=0.0,
-                             schedule="constant", augment="none", device=ctx.device, amp=ctx.amp,
-                             progress=ctx.progress)
+        config = ctx.config(epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, optimizer="adam", weight_decay=0.0,
+                            schedule="constant", augment="none")
+        # this module's Trainer, not ctx.trainer: the reference port (tests/reference/test_ref_dbd_split.py) records
+        # the MixMatch epochs by replacing it
         trainer = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("mixmatch"))
         if ctx.resume and trainer.checkpoint_dir and (trainer.checkpoint_dir / CHECKPOINT_NAME).is_file():
             trainer.load_checkpoint(trainer.checkpoint_dir / CHECKPOINT_NAME)

@@ -14,7 +14,7 @@ from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
 from advml.metrics import map_batches
-from advml.train import TrainConfig, Trainer
+from advml.train import TrainConfig
 
 
 def penultimate_features(model: nn.Module, data: ImageDataset, *, batch_size: int = 512) -> Tensor:
@@ -42,6 +42,5 @@ def retrain(train: ImageDataset, kept: Tensor, ctx: DefenseContext,
     config = config or ctx.train_config or TrainConfig()
     config = config.model_copy(update={"device": ctx.device, "amp": ctx.amp, "progress": ctx.progress})
     model = ctx.new_model()
-    history = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("retrain")).fit(
-        train.subset(kept), resume=ctx.resume)
+    history = ctx.trainer(model, "retrain", config).fit(train.subset(kept), resume=ctx.resume)
     return model, history

@@ -25,7 +25,6 @@ from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, Defe
 from advml.backdoor.defenses.layers import Taps, backbone_children, child_output_shapes, require_clean
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
-from advml.train import TrainConfig, Trainer
 
 PASS_THROUGH = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity,
                 nn.ReLU, nn.Dropout)  # a zero channel stays zero through these
@@ -161,11 +160,9 @@ class FinePruning(Defense):
         n, log = choose_pruned(site, order, z, clean.labels, s)
         mask = site.column_mask(order[:n]).to(site.linear.weight.device)
         prune.custom_from_mask(site.linear, "weight", mask.unsqueeze(0).expand_as(site.linear.weight).float())
-        config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
-                             weight_decay=s.weight_decay, schedule=s.schedule, augment=s.augment, device=ctx.device,
-                             amp=ctx.amp, progress=ctx.progress)
-        history = Trainer(model, config, seed=ctx.seed, checkpoint_dir=ctx.stage_dir("finetune")).fit(
-            clean, resume=ctx.resume)
+        config = ctx.config(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
+                            weight_decay=s.weight_decay, schedule=s.schedule, augment=s.augment)
+        history = ctx.trainer(model, "finetune", config).fit(clean, resume=ctx.resume)
         prune.remove(site.linear, "weight")  # permanent: zero columns in a plain weight
         layer = type(backbone_children(model, "fp")[site.index]).__name__
         info: dict[str, Any] = {"layer": f"backbone.{site.index} ({layer})",

@@ -23,7 +23,7 @@ from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, Defe
 from advml.backdoor.defenses.layers import Taps, backbone_children, child_output_shapes, require_clean
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
-from advml.train import Batch, LossFn, TrainConfig, Trainer, cross_entropy
+from advml.train import Batch, LossFn
 
 
 class NADSettings(DefenseSettings):
@@ -102,20 +102,19 @@ class NAD(Defense):
         s, student = self.settings, cast(nn.Module, ctx.backdoored)  # not None: require_clean checked
         layers = stage_outputs(student, clean.get_batch(torch.zeros(1, dtype=torch.long))[0], len(s.betas))
         base = {"batch_size": s.batch_size, "lr": s.lr, "momentum": s.momentum, "weight_decay": s.weight_decay,
-                "schedule": "constant", "augment": s.augment, "device": ctx.device, "amp": ctx.amp,
-                "progress": ctx.progress}
+                "schedule": "constant", "augment": s.augment}
         teacher = copy.deepcopy(student)
-        teacher_history = Trainer(teacher, TrainConfig(epochs=s.teacher_epochs, **base), loss_fn=cross_entropy,
-                                  seed=ctx.seed, checkpoint_dir=ctx.stage_dir("teacher")).fit(clean, resume=ctx.resume)
+        teacher_history = ctx.trainer(teacher, "teacher", ctx.config(epochs=s.teacher_epochs, **base)).fit(
+            clean, resume=ctx.resume)
         teacher.eval()
         for q in teacher.parameters():
             q.requires_grad_(False)
         s_taps = Taps([backbone_children(student, "NAD")[i] for i in layers])
         t_taps = Taps([backbone_children(teacher, "NAD")[i] for i in layers])
         try:
-            history = Trainer(student, TrainConfig(epochs=s.epochs, **base),
-                              loss_fn=nad_loss(teacher, s_taps, t_taps, s.betas, s.p), seed=ctx.seed + 1,
-                              checkpoint_dir=ctx.stage_dir("student")).fit(clean, resume=ctx.resume)
+            history = ctx.trainer(student, "student", ctx.config(epochs=s.epochs, **base),
+                                  loss_fn=nad_loss(teacher, s_taps, t_taps, s.betas, s.p), seed_offset=1).fit(
+                clean, resume=ctx.resume)
         finally:
             s_taps.remove()
             t_taps.remove()
