@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 import torch
 import torch.distributed as dist
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -29,7 +29,13 @@ from advml.errors import ConfigError, DataError, NumericalError
 from advml.metrics import accuracy
 from advml.utils.checks import check_progress, check_state
 from advml.utils.io import load_json, load_tensors, save_tensors, write_json
-from advml.utils.precision import AmpSetting, at_least_float32, autocast, parse_amp, resolve_precision, set_precision
+from advml.utils.precision import (
+    AmpField,
+    at_least_float32,
+    autocast,
+    resolve_precision,
+    set_precision,
+)
 from advml.utils.runtime import resolve_device
 from advml.utils.state import load_optimizer, model_state, optimizer_tensors
 
@@ -74,7 +80,7 @@ class TrainConfig(Settings):
     pad_mode: Literal["zeros", "reflect"] = "zeros"
     flip: Literal["random", "alternating"] = Field("random", description="alternating: a fixed random half of "
                                                   "the images flipped in even epochs, the other half in odd ones")
-    amp: AmpSetting = Field("auto", description="bf16 autocast + channels_last: auto (where the device has bf16 "
+    amp: AmpField = Field("auto", description="bf16 autocast + channels_last: auto (where the device has bf16 "
                                                 "units), true or false")
     compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
     device: str = "auto"
@@ -83,11 +89,6 @@ class TrainConfig(Settings):
                                                  "when a defense selects its epoch)")
     num_workers: int = Field(0, ge=0, description="loader processes for file-backed datasets")
     progress: bool = True
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _amp(cls, v: Any) -> AmpSetting:
-        return parse_amp(v)
 
 
 class Batch(NamedTuple):

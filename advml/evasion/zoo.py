@@ -20,7 +20,7 @@ from advml.models import ImageClassifier, build_model, load_weights
 from advml.provenance import RunScope, differences, run_scope
 from advml.train import TrainConfig, Trainer
 from advml.utils.io import load_json, save_tensors, write_json
-from advml.utils.precision import AmpSetting, Precision, parse_amp, resolve_precision, set_precision
+from advml.utils.precision import AmpField, Precision, resolve_precision, set_precision
 from advml.utils.runtime import cache_dir, resolve_device
 
 DEFAULT_ARCHS = ("resnet18_narrow", "cnn_small", "vgg16_bn", "mobilenet_v2")  # four families
@@ -35,18 +35,13 @@ class ZooSettings(Settings):
     augment: str = "standard"
     train_size: int | None = Field(None, ge=1, description="None: the whole training set")
     seed: Seed = 0
-    amp: AmpSetting = Field("auto", description="training precision: auto (bf16 + channels_last where the device "
+    amp: AmpField = Field("auto", description="training precision: auto (bf16 + channels_last where the device "
                             "has bf16 units), true or false; the precision it resolves to is part of the entry's key")
     train: dict[str, Any] = Field(default_factory=dict, description="further training settings (the trainer's), "
                                   "e.g. the fast recipe's {schedule: onecycle, label_smoothing: 0.2}")
     models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per architecture, settings over "
                                               "these (e.g. vit_tiny: {lr: 0.001, train: {optimizer: adam}}); only "
                                               "an architecture's own enter its entry's key")
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _amp(cls, v: Any) -> AmpSetting:
-        return parse_amp(v)
 
     @field_validator("train")
     @classmethod

@@ -24,7 +24,7 @@ from advml.provenance import file_sha256
 from advml.stats import wilson
 from advml.utils.figures import pyplot, save_figure
 from advml.utils.io import write_json, write_text_atomic
-from advml.utils.precision import AmpSetting, parse_amp, resolve_precision, set_precision
+from advml.utils.precision import AmpField, resolve_precision, set_precision
 from advml.utils.rundir import RunFolder
 from advml.utils.runtime import resolve_device, seed_everything
 
@@ -56,7 +56,7 @@ class TransferSettings(Settings):
     pretrained: bool = Field(False, description="torchvision ImageNet weights instead of the zoo (ImageNet data)")
     only_correct: bool = Field(True, description="evaluate on images every model classifies correctly")
     device: str = "auto"
-    amp: AmpSetting = Field(False, description="bf16 autocast + channels_last for the surrogate's and targets' "
+    amp: AmpField = Field(False, description="bf16 autocast + channels_last for the surrogate's and targets' "
                                                "passes: auto, true or false (default: float32, as the papers)")
     progress: bool = True
     seed: Seed = 0
@@ -79,11 +79,6 @@ class TransferSettings(Settings):
                 raise ValueError(f"method option {key!r} needs the form ingredient.option (e.g. rap-ls.eps_n_ratio)")
             options.setdefault(ingredient, {})[option] = value
         return {**data, "method": given["name"], "options": options}
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _amp(cls, v: Any) -> AmpSetting:
-        return parse_amp(v)
 
     @field_validator("record_at")
     @classmethod

@@ -10,9 +10,10 @@ import functools
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import torch
+from pydantic import BeforeValidator
 from torch import nn
 
 from advml.errors import ConfigError
@@ -73,6 +74,9 @@ def parse_amp(value: Any) -> AmpSetting:
     if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "on", "off"}:
         return value.lower() in {"true", "yes", "on"}
     raise ConfigError(f"amp must be auto, true or false, got {value!r}")
+
+
+AmpField = Annotated[AmpSetting, BeforeValidator(parse_amp)]  # a settings field: YAML spellings in, one error out
 
 
 def resolve_precision(amp: AmpSetting, device: torch.device, model: nn.Module | None = None) -> Precision:
