@@ -106,6 +106,14 @@ def detection(predicted: Tensor, truth: Tensor) -> dict[str, float]:
             "detect_recall": tp / ntrue if ntrue else 0.0}
 
 
+def score_auroc(scores: Tensor, truth: Tensor) -> float:
+    """How a detector's scores rank poisoned over clean samples: 0.5 chance, 1 perfect, below 0.5 inverted."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    _same_shape(scores, truth)
+    return float(binary_auroc(scores.double(), truth.long()))
+
+
 def _same_shape(a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape:
         raise InputError(f"image batches differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")

@@ -1,5 +1,6 @@
 """A detect run is the SD module alone: `run_detect(settings, sd, out)` poisons, trains the SD model, FCT-scores
-every training sample and splits them into D_c / D_u / D_p; it writes the split, metrics and the histogram."""
+every training sample and splits them into D_c / D_u / D_p; it writes the split, metrics (with the score's AUROC)
+and the histogram (`configs/seed/fct_detection.yaml` is a bench of them)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from advml.backdoor.defenses import SDSettings, apply_defense_presets, distingui
 from advml.config import Settings, dump_yaml, validate
 from advml.experiments.backdoor import BackdoorRunSettings, run_model_factory, setup, split_outputs
 from advml.experiments.base import EXPERIMENTS, Experiment, RunResult, layers, prepare_out
+from advml.metrics import score_auroc
 from advml.utils.io import write_json, write_text_atomic
 from advml.utils.rundir import RunFolder
 
@@ -54,7 +56,9 @@ def _run_detect(settings: BackdoorRunSettings, sd: SDSettings, folder: RunFolder
     split = distinguish(model, untrusted_view(poisoned), sd, seed=settings.seed, device=settings.train.device,
                         amp=settings.train.amp, progress=settings.train.progress, checkpoint_dir=out / "checkpoints",
                         resume=resume)
-    metrics = {**split_outputs(out, split, poisoned, attack.name), "poison_count": int(poisoned.poison_flags.sum()),
+    metrics = {**split_outputs(out, split, poisoned, attack.name),
+               "auroc": score_auroc(split.scores, poisoned.poison_flags),
+               "poison_count": int(poisoned.poison_flags.sum()),
                "train_size": len(poisoned)}
     assert folder.scope is not None  # bound by setup (folder.begin) until release
     write_json(out / "timing.json", {"seconds": folder.scope.seconds()})

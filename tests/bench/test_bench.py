@@ -21,7 +21,7 @@ from advml.bench.store import ResultStore
 from advml.errors import ConfigError, DataError
 
 SEED = ROOT / "configs" / "seed"
-SPECS = ["attacks", "table1_issba", "table2_defense", "table3_rap"]
+SPECS = sorted(p.stem for p in SEED.glob("*.yaml"))
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_the_regime_smoke_bench_reports_cost_and_plots(tmp_path, cache):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,shape", [("attacks", (11, 6)), ("table1_issba", (4, 5)), ("table3_rap", (3, 3)),
-                                        ("table2_defense", (2, 13))])
+                                        ("table2_defense", (2, 13)), ("fct_detection", (2, 7))])
 def test_smoke_tables_have_their_shape_and_no_missing_cell(name, shape, tmp_path, cache):
     spec = load_spec(SEED / f"{name}.yaml")
     out = run_bench(spec, "smoke", tmp_path / name, progress=False)

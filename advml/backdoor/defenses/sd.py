@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -24,6 +24,11 @@ from advml.utils.figures import pyplot, save_figure
 from advml.utils.precision import AmpSetting, at_least_float32
 
 log = logging.getLogger("advml")
+
+
+def _composition(value: Any) -> Any:
+    """'rotate+translate' -> ['rotate', 'translate'] (one word, as a bench grid value)."""
+    return value.split("+") if isinstance(value, str) else value
 
 
 class SDSettings(Settings):
@@ -43,8 +48,9 @@ class SDSettings(Settings):
     # fine-tuning resumes the warm-up checkpoint's optimiser and scheduler
     schedule: Literal["constant", "cosine"] = "cosine"
     t_max: int = Field(100, ge=1, description="the cosine schedule's period in epochs (official: 100)")
-    transforms: list[str] = Field(default_factory=lambda: list(DEFAULT_TRANSFORMS),
-                                  description="FCT's tau, applied in order: " + ", ".join(TRANSFORMS.names()))
+    transforms: Annotated[list[str], BeforeValidator(_composition)] = Field(
+        default_factory=lambda: list(DEFAULT_TRANSFORMS),
+        description="FCT's tau, applied in order (a list, or names joined by '+'): " + ", ".join(TRANSFORMS.names()))
     draws: int = Field(1, ge=1, description="random transforms averaged per sample (1 in the official code)")
     normalize_features: bool = Field(False, description="L2-normalise features before the FCT difference")
     clean_ratio: float = Field(0.2, gt=0, lt=1, description="alpha_c: lowest-score fraction -> D_c")
