@@ -13,7 +13,7 @@ from helpers.paths import ROOT
 LAYERS = {
     "advml.errors": 0,
     "advml.registry": 1, "advml.config": 1, "advml.provenance": 1, "advml.stats": 1,
-    "advml.utils": 2,
+    "advml.utils": 2, "advml.component": 2,
     "advml.data": 3, "advml.models": 3,
     "advml.metrics": 4, "advml.model_cache": 4, "advml.train": 4,
     "advml.evasion": 5, "advml.backdoor": 5,

@@ -14,19 +14,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from advml.component import Component
 from advml.errors import ConfigError, InputError
 from advml.registry import Registry
 from advml.utils.checks import check_images, check_labels
 
 
-class Method:
+class Method(Component):
     """One ingredient of an iterative attack; subclasses override only what differs.
 
     Per outer iteration the hooks run in the official loop's order (the RAP code's `rap_attack.py`): `mix`
     (Admix's m1 mixed images), `outer_point` (RAP's n_rap, one per mixed image), `expand` (SI's / Admix's m2
     scaled copies), `transform` (DI, one draw per copy), one forward-backward, `grad` (TI), `momentum` (MI).
     `estimate` (PGN, VMI) may take that gradient at several points around x_adv and combine them.
-    Every term a hook adds to the input is a constant: the gradient reaches x_adv as the identity."""
+    Every term a hook adds to the input is a constant: the gradient reaches x_adv as the identity. A method's
+    settings are its pydantic `Settings` (`compose`'s `options`, validated by name)."""
 
     name = "ifgsm"
 
@@ -200,4 +202,4 @@ class IterativeAttack:
         return (x + delta).detach()
 
 
-METHODS: Registry[Callable[..., Method]] = Registry("transfer method")  # each method registers at its definition
+METHODS: Registry[type[Method]] = Registry("transfer method")  # each method registers at its definition

@@ -50,7 +50,7 @@ def test_parse_and_bad_names():
         parse("")
     with pytest.raises(ConfigError, match="options for"):
         compose("mi", nn.Linear(1, 1), options={"ti": {"kernel": 3}})
-    with pytest.raises(ConfigError, match="ti:"):
+    with pytest.raises(ConfigError, match="options.ti.kernal' \\(did you mean 'kernel'"):
         compose("ti", nn.Linear(1, 1), options={"ti": {"kernal": 3}})
 
 

@@ -142,8 +142,8 @@ def test_the_neighbours_are_uniform_in_the_official_radius(cifar, model):
 
 def test_official_defaults_and_bad_settings():
     pgn, vmi = PGN(), VMI()
-    assert (pgn.samples, pgn.zeta, pgn.gamma) == (20, 3.0, 0.5)
-    assert (vmi.samples, vmi.beta) == (20, 1.5)
+    assert (pgn.settings.samples, pgn.settings.zeta, pgn.settings.gamma) == (20, 3.0, 0.5)
+    assert (vmi.settings.samples, vmi.settings.beta) == (20, 1.5)
     for bad in ({"samples": 0}, {"zeta": -1}, {"gamma": 2}):
         with pytest.raises(ConfigError):
             PGN(**bad)

@@ -199,7 +199,7 @@ def test_admix_gradient_sees_the_partner_only_through_the_forward_mixture(cifar,
     x[0, :, :8] = 0.97  # saturating pixels: clip(a + 0.2 b) = 1 there
     attack = compose("admix", model, options={"admix": {"copies": 2}})
     admix = attack.methods[0]
-    scales = getattr(admix, "scales", 1)
+    scales = admix.settings.scales
 
     def advml_grad(images):
         attack.true_labels, attack.clean, attack.targeted = y, images, False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, cast
+from typing import ClassVar, Literal, cast
 
 import torch
 from pydantic import Field
@@ -10,7 +10,8 @@ from torch import Tensor
 
 from advml.backdoor.poisoned import PoisonedDataset
 from advml.backdoor.triggers import Trigger
-from advml.config import Settings, validate
+from advml.component import Component
+from advml.config import Settings
 from advml.data.base import ImageDataset, as_image_dataset
 from advml.errors import ConfigError
 from advml.registry import Registry
@@ -24,18 +25,13 @@ class AttackSettings(Settings):
     mode: Literal["all2one", "all2all"] = Field("all2one", description="all2one: y -> target; all2all: y -> y+1 mod K")
 
 
-class BackdoorAttack:
+class BackdoorAttack(Component):
     """Base class; a subclass sets `name`, `Settings` and implements `build_trigger`."""
 
-    name: ClassVar[str]
     Settings: ClassVar[type[AttackSettings]] = AttackSettings
+    settings: AttackSettings
     clean_label: ClassVar[bool] = False
     rate_semantics: ClassVar[str] = "fraction of the whole training set, drawn from non-target samples (all2one)"
-
-    def __init__(self, settings: AttackSettings | None = None, **kwargs: Any) -> None:
-        if settings is not None and kwargs:
-            raise ConfigError("pass either a settings object or keyword settings, not both")
-        self.settings = settings if settings is not None else validate(self.Settings, kwargs)
 
     def build_trigger(self, image_shape: tuple[int, int, int]) -> Trigger:
         """The trigger for images of this shape."""
@@ -119,10 +115,6 @@ class BackdoorAttack:
         new = (labels + 1) % test.num_classes if self.settings.mode == "all2all" and not self.clean_label \
             else torch.full_like(labels, self.settings.target)
         return PoisonedDataset(sub, idx, self.trigger_for(test), new, train=False, settings=self.describe())
-
-    def describe(self) -> dict[str, Any]:
-        """The attack's name and every setting (defaults included)."""
-        return {"name": self.name, **self.settings.model_dump(mode="json")}
 
 
 ATTACKS: Registry[type[BackdoorAttack]] = Registry("attack")  # each attack registers itself at its class

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from advml.backdoor.defenses.split import Split
-from advml.config import Settings, validate
+from advml.component import Component
+from advml.config import Settings
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.registry import Registry
@@ -69,27 +70,18 @@ class DefenseResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-class Defense:
+class Defense(Component):
     """Base class: a subclass sets `name`, `Settings` and implements `run`."""
 
-    name: ClassVar[str]
     Settings: ClassVar[type[DefenseSettings]] = DefenseSettings
+    settings: DefenseSettings
     needs_backdoored_model: ClassVar[bool] = False
     needs_clean_data: ClassVar[bool] = False  # True: settings have `clean_fraction`; run_backdoor fills ctx.clean_data
     uses_sd_module: ClassVar[bool] = False  # True: settings have `sd`, which a preset's top-level `sd` layers under
 
-    def __init__(self, settings: DefenseSettings | None = None, **kwargs: Any) -> None:
-        if settings is not None and kwargs:
-            raise ConfigError("pass either a settings object or keyword settings, not both")
-        self.settings = settings if settings is not None else validate(self.Settings, kwargs)
-
     def run(self, train: ImageDataset, ctx: DefenseContext) -> DefenseResult:
         """Defend: `train` is the untrusted training set (images and possibly poisoned labels)."""
         raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        """The defense's name and every setting (defaults included)."""
-        return {"name": self.name, **self.settings.model_dump(mode="json")}
 
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")  # each defense registers itself at its class

@@ -7,8 +7,9 @@ from typing import Any
 
 from torch import nn
 
+from advml.config import validate
 from advml.errors import ConfigError
-from advml.evasion.base import METHODS, IterativeAttack
+from advml.evasion.base import METHODS, IterativeAttack, Method
 
 # isort: off
 # registration order = the listing's order (and the composition order of `parse`)
@@ -16,7 +17,7 @@ from advml.evasion.methods.momentum import MI
 from advml.evasion.methods.translation import TI
 from advml.evasion.methods.inputs import DI, SI, Admix
 from advml.evasion.methods.neighbourhood import PGN, VMI
-from advml.evasion.methods.rap import RAP
+from advml.evasion.methods.rap import RAP, RAPLS, RAPWarm
 # isort: on
 
 def parse(spec: str) -> list[str]:
@@ -35,6 +36,19 @@ def parse(spec: str) -> list[str]:
     return names
 
 
+def build_method(name: str, settings: dict[str, Any] | None = None) -> Method:
+    """One registered method with its settings (validated: unknown ones named as `options.<name>.<key>`)."""
+    cls = METHODS.get(name)
+    return cls(validate(cls.Settings, settings or {}, f"options.{name}"))
+
+
+def check_options(options: dict[str, dict[str, Any]]) -> None:
+    """Validate each method's options against its settings (at load time, before any model is built)."""
+    for name, settings in options.items():
+        cls = METHODS.get(name)
+        validate(cls.Settings, settings, f"options.{name}")
+
+
 def compose(spec: str, model: nn.Module, *, options: dict[str, dict[str, Any]] | None = None,
             **attack_settings: Any) -> IterativeAttack:
     """An IterativeAttack with the methods named in `spec`; `options` = {method: {setting: value}}."""
@@ -43,16 +57,12 @@ def compose(spec: str, model: nn.Module, *, options: dict[str, dict[str, Any]] |
     unknown = set(options) - set(names)
     if unknown:
         raise ConfigError(f"options for {sorted(unknown)} but the method is {spec!r}")
-    methods = []
-    for n in names:
-        try:
-            methods.append(METHODS.get(n)(**options.get(n, {})))
-        except TypeError as e:
-            raise ConfigError(f"{n}: {e}") from None
-    if any(isinstance(m, Admix) and m.scales > 1 for m in methods) and any(isinstance(m, SI) for m in methods):
+    methods = [build_method(n, options.get(n, {})) for n in names]
+    if any(isinstance(m, Admix) and m.settings.scales > 1 for m in methods) and any(isinstance(m, SI) for m in methods):
         raise ConfigError("admix already makes SI's scaled copies (m1 mixes x m2 scales); drop 'si', or give "
                           "admix scales: 1")
     return IterativeAttack(model, methods=methods, spec=spec, **attack_settings)
 
 
-__all__ = ["DI", "METHODS", "MI", "PGN", "RAP", "SI", "TI", "VMI", "Admix", "compose", "parse"]
+__all__ = ["DI", "METHODS", "MI", "PGN", "RAP", "RAPLS", "SI", "TI", "VMI", "Admix", "RAPWarm", "build_method",
+           "check_options", "compose", "parse"]

@@ -6,11 +6,21 @@ import math
 from typing import Literal, cast
 
 import torch
+from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
+from advml.config import Settings
 from advml.errors import ConfigError
 from advml.evasion.base import METHODS, IterativeAttack, Method
+
+
+class DISettings(Settings):
+    """DI's settings (the RAP code's: p 0.7, 330/299)."""
+
+    prob: float = Field(0.7, ge=0, le=1, description="probability of transforming a copy")
+    rate: float = Field(330 / 299, ge=1, description="padded size / image size")
+    resize_back: bool = Field(False, description="resize the padded image back to H x W (bilinear)")
 
 
 @METHODS.register("di", "diverse inputs: random resize in [H, H*330/299) and pad, p 0.7, a draw per copy")
@@ -21,14 +31,12 @@ class DI(Method):
     `resize_back` resizes it to H x W for models that need a fixed size (TransferAttack's DIM does, bilinear).
     Non-square inputs: the same draw scales both sides (height and width each get their own padding)."""
 
-    def __init__(self, prob: float = 0.7, rate: float = 330 / 299, resize_back: bool = False) -> None:
-        if not 0 <= prob <= 1 or rate < 1:
-            raise ConfigError(f"di needs 0 <= prob <= 1 and rate >= 1, got {prob}, {rate}")
-        self.prob, self.rate, self.resize_back = prob, rate, resize_back
+    Settings = DISettings
+    settings: DISettings
 
     def padded_size(self, side: int) -> int:
         """The side after padding: floor(side * rate), at least side + 1 (330 for 299)."""
-        return max(math.floor(side * self.rate + 1e-9), side + 1)
+        return max(math.floor(side * self.settings.rate + 1e-9), side + 1)
 
     def draw(self, attack: IterativeAttack, copies: int, h: int, w: int) -> Tensor:
         """Per copy (rows): resized height, resized width, top pad, left pad, applied (0/1) — the official
@@ -40,7 +48,7 @@ class DI(Method):
         rnd_w = w + (u[:, 0] * (top_w - w)).floor()
         pad_top = (u[:, 1] * (top_h - rnd_h)).floor()
         pad_left = (u[:, 2] * (top_w - rnd_w)).floor()
-        return torch.stack([rnd_h, rnd_w, pad_top, pad_left, (u[:, 3] < self.prob).double()], 1).long()
+        return torch.stack([rnd_h, rnd_w, pad_top, pad_left, (u[:, 3] < self.settings.prob).double()], 1).long()
 
     def apply(self, x: Tensor, params: Tensor) -> Tensor:
         """One copy transformed with one row of `draw`."""
@@ -51,7 +59,9 @@ class DI(Method):
         top_h, top_w = self.padded_size(h), self.padded_size(w)
         resized = F.interpolate(x, size=(rnd_h, rnd_w), mode="nearest")
         out = F.pad(resized, (left, top_w - rnd_w - left, top, top_h - rnd_h - top))
-        return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if self.resize_back else out
+        if not self.settings.resize_back:
+            return out
+        return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
 
     def transform(self, attack: IterativeAttack, parts: list[Tensor]) -> list[Tensor]:
         params = self.draw(attack, len(parts), *parts[0].shape[-2:])
@@ -64,17 +74,33 @@ def scale_copies(x: Tensor, y: Tensor, copies: int) -> tuple[Tensor, Tensor]:
     return (x[None] * scales.view(-1, *[1] * x.dim())).flatten(0, 1), y.repeat(copies)
 
 
+class SISettings(Settings):
+    """SI's settings."""
+
+    copies: int = Field(5, ge=1, description="scaled copies x / 2^i, i = 0..copies-1")
+
+
 @METHODS.register("si", "scale invariance: 5 copies x/2^i")
 class SI(Method):
     """Scale invariance (Lin et al. 2020): m copies x / 2^i, i = 0..m-1."""
 
-    def __init__(self, copies: int = 5) -> None:
-        if copies < 1:
-            raise ConfigError(f"si needs at least 1 copy, got {copies}")
-        self.copies = copies
+    Settings = SISettings
+    settings: SISettings
 
     def expand(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return scale_copies(x, y, self.copies)
+        return scale_copies(x, y, self.settings.copies)
+
+
+class AdmixSettings(Settings):
+    """Admix's settings (the RAP code's `--m1 3 --m2 5 --strength 0.2`)."""
+
+    copies: int = Field(3, ge=1, description="m1: mixed images per image, each with another class's image")
+    scales: int = Field(5, ge=1, description="m2: scaled copies 1/2^j of each mixed image")
+    strength: float = Field(0.2, ge=0, description="weight of the added image")
+    mode: Literal["add", "mix"] = Field("add", description="add: clip(x + s x', 0, 1) (the RAP code); mix: "
+                                        "x + s x' unclipped (the Admix paper, TransferAttack)")
+    pool: Literal["clean", "adversarial"] = Field("clean", description="partners: the clean images (official) "
+                                                  "or the batch's current adversarial ones (TransferAttack)")
 
 
 @METHODS.register("admix", "Admix: 3 clean other-class images added at 0.2, each mix in 5 scales x/2^j")
@@ -87,13 +113,8 @@ class Admix(Method):
     `pool: adversarial` takes the partners from the batch's current adversarial images (detached), as
     TransferAttack does, instead of the clean ones."""
 
-    def __init__(self, copies: int = 3, scales: int = 5, strength: float = 0.2, mode: str = "add",
-                 pool: Literal["clean", "adversarial"] = "clean") -> None:
-        if mode not in ("add", "mix") or pool not in ("clean", "adversarial") or copies < 1 or scales < 1 \
-                or strength < 0:
-            raise ConfigError(f"admix needs mode add|mix, pool clean|adversarial, copies >= 1, scales >= 1, "
-                              f"strength >= 0; got {mode}, {pool}, {copies}, {scales}, {strength}")
-        self.copies, self.scales, self.strength, self.mode, self.pool = copies, scales, strength, mode, pool
+    Settings = AdmixSettings
+    settings: AdmixSettings
 
     def draw(self, attack: IterativeAttack, true: Tensor) -> Tensor:
         """(copies, N) partner indices: for each copy and image, a uniformly drawn image of another class."""
@@ -101,19 +122,20 @@ class Admix(Method):
         other = true[None, :] != true[:, None]  # (n, n): candidates of another class
         if not other.any(1).all():
             raise ConfigError("admix needs, for every image, another image of a different class in the batch")
-        scores = attack.rand(self.copies, n, n, device=true.device).masked_fill(~other[None], -1.0)
+        scores = attack.rand(self.settings.copies, n, n, device=true.device).masked_fill(~other[None], -1.0)
         return scores.argmax(-1)
 
     def mix(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if attack.true_labels is None or x.shape[0] != attack.true_labels.numel():
             raise ConfigError("admix must come before other methods that add input copies")
+        s = self.settings
         partners = self.draw(attack, attack.true_labels)
-        pool = cast(Tensor, attack.clean) if self.pool == "clean" else x.detach()  # set during the call
+        pool = cast(Tensor, attack.clean) if s.pool == "clean" else x.detach()  # set during the call
         base = x.detach()[None]
-        added = self.strength * pool[partners]  # (copies, n, ...)
-        if self.mode == "add":
+        added = s.strength * pool[partners]  # (copies, n, ...)
+        if s.mode == "add":
             added = (base + added).clamp(0, 1) - base
-        return (x[None] + added).flatten(0, 1), y.repeat(self.copies)
+        return (x[None] + added).flatten(0, 1), y.repeat(s.copies)
 
     def expand(self, attack: IterativeAttack, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return scale_copies(x, y, self.scales)
+        return scale_copies(x, y, self.settings.scales)

@@ -4,13 +4,44 @@ n_rap per mixed image, computed on the mixed image (the official loop); SI's sca
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from advml.config import Settings
 from advml.errors import ConfigError
 from advml.evasion.base import METHODS, IterativeAttack, Method
+
+
+class RAPSettings(Settings):
+    """RAP's settings; the defaults are the official `rap_attack.py`'s (eps_n 16/255, K 8, step eps_n / K)."""
+
+    eps_n: float = Field(16 / 255, gt=0, le=1, description="l-inf radius of n_rap")
+    steps: int = Field(8, ge=1, description="K: inner PGD steps per outer iteration")
+    step_n: float | None = Field(None, gt=0, description="inner step size; None: eps_n / steps")
+    late_start: int = Field(0, ge=0, description="outer iterations without RAP first (RAP-LS: 100)")
+    warm: bool = Field(False, description="carry n_rap over between outer iterations")
+    warm_steps: int = Field(2, ge=1, description="inner steps after the first iteration when warm")
+    eps_n_ratio: float | None = Field(None, gt=0, le=16, description="eps_n as a multiple of the attack's eps "
+                                      "(step eps_n / steps); replaces eps_n")
+
+    def model_post_init(self, _: Any) -> None:
+        if self.eps_n_ratio is not None and self.step_n is not None:
+            raise ConfigError("rap: give step_n or eps_n_ratio (whose step is eps_n / steps), not both")
+
+
+class RAPLSSettings(RAPSettings):
+    """RAP-LS: RAP with a late start at iteration 100."""
+
+    late_start: int = Field(100, ge=0, description="outer iterations without RAP first")
+
+
+class RAPWarmSettings(RAPLSSettings):
+    """RAP-LS whose n_rap is carried over between iterations."""
+
+    warm: bool = Field(True, description="carry n_rap over between outer iterations")
 
 
 @METHODS.register("rap", "reverse adversarial perturbation from the first iteration (eps_n 16/255, K 8)")
@@ -21,18 +52,14 @@ class RAP(Method):
     restarting from a random point (`warm_steps` inner steps then). `eps_n_ratio` sets eps_n as a multiple of
     the attack's eps (the regime study's eps_n in {eps/2, eps, 2 eps}), and its step as eps_n / steps."""
 
-    def __init__(self, eps_n: float = 16 / 255, steps: int = 8, step_n: float | None = None, late_start: int = 0,
-                 warm: bool = False, warm_steps: int = 2, eps_n_ratio: float | None = None) -> None:
-        if not 0 < eps_n <= 1 or steps < 1 or late_start < 0 or warm_steps < 1:
-            raise ConfigError(f"rap needs 0 < eps_n <= 1, steps >= 1, late_start >= 0; got {eps_n}, {steps}, "
-                              f"{late_start}")
-        if eps_n_ratio is not None and not 0 < eps_n_ratio <= 16:
-            raise ConfigError(f"rap eps_n_ratio must be in (0, 16], got {eps_n_ratio}")
-        if eps_n_ratio is not None and step_n is not None:
-            raise ConfigError("rap: give step_n or eps_n_ratio (whose step is eps_n / steps), not both")
-        self.eps_n, self.steps, self.late_start, self.eps_n_ratio = eps_n, steps, late_start, eps_n_ratio
-        self.step_n = step_n if step_n is not None else eps_n / steps
-        self.warm, self.warm_steps = warm, warm_steps
+    Settings: ClassVar[type[RAPSettings]] = RAPSettings
+    settings: RAPSettings
+
+    def __init__(self, settings: RAPSettings | None = None, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        s = self.settings
+        self.eps_n = s.eps_n  # the radius and step in use (eps_n_ratio sets them from the attack's eps)
+        self.step_n = s.step_n if s.step_n is not None else s.eps_n / s.steps
         self._n: Tensor | None = None
         self.inner_calls = 0  # forward-backward passes spent in the inner loop (for tests and benchmarks)
 
@@ -41,18 +68,19 @@ class RAP(Method):
         return (2 * attack.rand(*x.shape, device=x.device).to(x.dtype) - 1) * self.eps_n
 
     def outer_point(self, attack: IterativeAttack, x: Tensor, goal: Tensor, it: int) -> Tensor:
-        if it < self.late_start:
+        s = self.settings
+        if it < s.late_start:
             return x
-        if self.eps_n_ratio is not None:
-            self.eps_n = min(self.eps_n_ratio * attack.eps, 1.0)
-            self.step_n = self.eps_n / self.steps
+        if s.eps_n_ratio is not None:
+            self.eps_n = min(s.eps_n_ratio * attack.eps, 1.0)
+            self.step_n = self.eps_n / s.steps
         base = x.detach()
         # the official box: x + n stays in [0, 1] and within eps_n of x
         lo, hi = (base - self.eps_n).clamp(0, 1), (base + self.eps_n).clamp(0, 1)
-        if it == 0 or self._n is None or self._n.shape != base.shape or not self.warm:
-            p, steps = (base + self.start(attack, base)).clamp(0, 1), self.steps
+        if it == 0 or self._n is None or self._n.shape != base.shape or not s.warm:
+            p, steps = (base + self.start(attack, base)).clamp(0, 1), s.steps
         else:
-            p, steps = torch.max(torch.min(base + self._n, hi), lo), self.warm_steps
+            p, steps = torch.max(torch.min(base + self._n, hi), lo), s.warm_steps
         for _ in range(steps):
             # descend the attack objective (CE-based): the worst case for the attacker around x
             g = attack.loss_grad(p, goal, attack.targeted, loss="ce")
@@ -63,12 +91,14 @@ class RAP(Method):
 
 
 @METHODS.register("rap-ls")
-def rap_ls(**settings: Any) -> RAP:
+class RAPLS(RAP):
     """RAP with a late start at iteration 100"""
-    return RAP(**{"late_start": 100, **settings})
+
+    Settings = RAPLSSettings
 
 
 @METHODS.register("rap-warm")
-def rap_warm(**settings: Any) -> RAP:
+class RAPWarm(RAP):
     """RAP-LS whose n_rap is carried over between iterations (2 inner steps after the first)"""
-    return RAP(**{"late_start": 100, "warm": True, **settings})
+
+    Settings = RAPWarmSettings
