@@ -1,0 +1,5 @@
+"""`python -m advml.cli`."""
+
+from advml.cli import main
+
+main()
