@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from advml.config import Settings, validate
 from advml.errors import ConfigError
+from advml.registry import Registry
 
 AnySettings = Settings  # the base type, for annotations inside classes whose `Settings` is a ClassVar
 
@@ -29,3 +31,14 @@ class Component:
     def describe(self) -> dict[str, Any]:
         """The component's name and every setting (defaults included)."""
         return {"name": self.name, **self.settings.model_dump(mode="json")}
+
+
+def resolved(registry: Registry[Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What `describe()` of the component `spec` names would return, from its settings alone (nothing is built:
+    no trigger, no encoder)."""
+    if "name" not in spec:
+        raise ConfigError(f"{registry.kind} settings need a 'name'")
+    rest = dict(spec)
+    name = rest.pop("name")
+    cls = registry.get(name)
+    return {"name": name, **validate(cls.Settings, rest).model_dump(mode="json")}

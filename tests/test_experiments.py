@@ -85,3 +85,25 @@ def test_a_bench_of_detect_runs_records_the_split_metrics(tmp_path, monkeypatch)
     assert again == out
     with pytest.raises(ConfigError, match="unknown experiment 'detection'"):
         validate(BenchSpec, {**spec.model_dump(), "kind": "detection"})
+
+
+def test_run_settings_validate_attack_and_defense_without_building_them(monkeypatch):
+    """Validation resolves the settings (defaults included, as describe() would) but builds no attack or defense;
+    the settings' own checks still apply (ISSBA's packet)."""
+    from advml.backdoor.attacks import ATTACKS, build_attack
+    from advml.backdoor.defenses import DEFENSES, build_defense
+    from advml.component import Component
+
+    expected = (build_attack({"name": "issba", "secret": "b"}).describe(), build_defense("d-br").describe())
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__} was built while validating settings")
+
+    for cls in {*map(ATTACKS.get, ATTACKS.names()), *map(DEFENSES.get, DEFENSES.names()), Component}:
+        monkeypatch.setattr(cls, "__init__", refuse)
+    s = load_settings(None, {"attack": {"name": "issba", "secret": "b"}, "defense": "d-br"})
+    assert (s.attack, s.defense) == expected
+    with pytest.raises(ConfigError, match="100-bit packet"):
+        load_settings(None, {"attack": {"name": "issba", "packet": "issba", "data_bytes": 7}})
+    with pytest.raises(ConfigError, match="no room for a BCH code"):  # the secret must fit the bits
+        load_settings(None, {"attack": {"name": "issba", "secret": "ab"}})

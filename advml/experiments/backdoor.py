@@ -13,8 +13,9 @@ import torch
 from pydantic import Field, field_validator
 
 from advml import model_cache
-from advml.backdoor.attacks import build_attack
-from advml.backdoor.defenses import SDSettings, Split, apply_defense_presets, build_defense, fct_histogram
+from advml.backdoor.attacks import ATTACKS, build_attack
+from advml.backdoor.defenses import DEFENSES, SDSettings, Split, apply_defense_presets, build_defense, fct_histogram
+from advml.component import resolved
 from advml.config import Seed, Settings, dump_yaml, validate
 from advml.data import load_dataset
 from advml.experiments.base import (
@@ -80,12 +81,12 @@ class BackdoorRunSettings(Settings):
     @field_validator("attack")
     @classmethod
     def _attack_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return build_attack(v if "name" in v else {"name": "badnets", **v}).describe()
+        return resolved(ATTACKS, v if "name" in v else {"name": "badnets", **v})
 
     @field_validator("defense", mode="before")
     @classmethod
     def _defense(cls, v: Any) -> dict[str, Any]:
-        return build_defense(v if isinstance(v, (str, dict)) else str(v)).describe()
+        return resolved(DEFENSES, v if isinstance(v, dict) else {"name": v if isinstance(v, str) else str(v)})
 
 
 def load_settings(config: str | Path | None = None, overrides: dict[str, Any] | None = None, *,

@@ -61,6 +61,19 @@ class ISSBASettings(AttackSettings):
                                                          "keep them when they fit in this many MB as float32; "
                                                          "else encode per batch, lazily")
 
+    def code(self) -> SecretCode:
+        """The secret's error-correcting code: the ISSBA packet, or advml's BCH layout for these settings."""
+        if self.packet == "issba":
+            return SecretCode.issba()
+        return SecretCode(self.stegastamp.bits, self.data_bytes, self.ecc_m, self.ecc_t)
+
+    def model_post_init(self, _: Any) -> None:
+        if self.packet == "issba" and (self.stegastamp.bits != 100 or any(
+                v is not None for v in (self.data_bytes, self.ecc_m, self.ecc_t))):
+            raise ConfigError("packet: issba is the ISSBA code's 100-bit packet; set stegastamp.bits 100 and "
+                              "leave data_bytes, ecc_m and ecc_t unset")
+        self.code().encode(self.secret)  # the secret must fit the bit length
+
 
 def settings_key(settings: StegaStampSettings) -> str:
     """A short hash of encoder-decoder settings (the cache key, with the data fingerprint)."""
@@ -138,15 +151,8 @@ class ISSBA(BackdoorAttack):
     def __init__(self, settings: ISSBASettings | None = None, *, model: StegaStamp | None = None,
                  **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
-        s = self.settings
-        if s.packet == "issba":
-            if s.stegastamp.bits != 100 or any(v is not None for v in (s.data_bytes, s.ecc_m, s.ecc_t)):
-                raise ConfigError("packet: issba is the ISSBA code's 100-bit packet; set stegastamp.bits 100 and "
-                                  "leave data_bytes, ecc_m and ecc_t unset")
-            self.code = SecretCode.issba()
-        else:
-            self.code = SecretCode(s.stegastamp.bits, s.data_bytes, s.ecc_m, s.ecc_t)
-        self.secret_bits = self.code.encode(s.secret)  # validates the secret against the bit length now
+        self.code = self.settings.code()  # checked with the settings
+        self.secret_bits = self.code.encode(self.settings.secret)
         self.model = model
         self.encoder_info: dict[str, Any] = {"source": "given"} if model is not None else {}
         if model is not None:
