@@ -16,10 +16,10 @@ from advml.config import Seed, Settings, deep_merge, validate
 from advml.data.registry import DatasetSplits
 from advml.errors import DataError
 from advml.metrics import accuracy
-from advml.models import ImageClassifier, build_model, load_weights
-from advml.provenance import RunScope, differences, run_scope
+from advml.model_cache import load_entry, write_entry
+from advml.models import ImageClassifier, build_model
+from advml.provenance import RunScope, run_scope
 from advml.train import TrainConfig, Trainer
-from advml.utils.io import load_json, save_tensors, write_json
 from advml.utils.precision import AmpField, Precision, resolve_precision, set_precision
 from advml.utils.runtime import cache_dir, resolve_device
 
@@ -111,14 +111,8 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
     c, h, _ = data.image_shape
     torch.manual_seed(settings.seed)
     model = build_model(arch, data.num_classes, image_size=h, in_channels=c, mean=data.mean, std=data.std)
-    if (folder / "model.safetensors").is_file() and (folder / "info.json").is_file():  # model.safetensors: last
-        info = load_json(folder / "info.json")
-        recorded = {k: info.get(k) for k in made_from} if isinstance(info, dict) else {}
-        diff = differences(recorded, made_from)
-        if diff:
-            raise DataError(f"zoo entry {folder} was made from other data or settings ({', '.join(diff[:3])}); "
-                            "delete that folder to retrain it")
-        load_weights(model, folder / "model.safetensors")
+    info = load_entry(model, folder, made_from, what="zoo entry")
+    if info is not None:
         # the precision its training left it in, so that a cached model behaves as a freshly trained one
         set_precision(model, resolve_precision(settings.amp, resolve_device("auto"), model))
         return model.eval(), info
@@ -136,6 +130,5 @@ def zoo_model(data: DatasetSplits, arch: str, settings: ZooSettings | None = Non
     with run_scope(RunScope(folder, made_from, hint=f"delete {folder} to retrain it")):
         Trainer(model, config, seed=settings.seed, checkpoint_dir=folder / "checkpoints").fit(train_set, resume=True)
     info = {**made_from, "clean_acc": accuracy(model, data.test)}
-    write_json(folder / "info.json", info)  # the model file is written last: it marks a finished entry
-    save_tensors(folder / "model.safetensors", model.state_dict(), {"arch": arch})
+    write_entry(folder, model, info, {"arch": arch})
     return model.eval(), info
