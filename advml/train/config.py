@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -13,16 +13,24 @@ from advml.config import Settings
 from advml.data.base import ImageDataset
 from advml.utils.precision import AmpField, at_least_float32
 
+# the training hyperparameters' types, declared once: TrainConfig's fields and every defense stage's that feeds one
+Epochs = Annotated[int, Field(ge=1)]
+BatchSize = Annotated[int, Field(ge=1)]
+LearningRate = Annotated[float, Field(gt=0)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+WeightDecay = Annotated[float, Field(ge=0)]
+Augment = Literal["standard", "none"]
+
 
 class TrainConfig(Settings):
     """Training settings; defaults are BackdoorBench's CIFAR ones (SGD 0.01, momentum 0.9, wd 5e-4, cosine)."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.01, gt=0)
+    epochs: Epochs = 10
+    batch_size: BatchSize = 128
+    lr: LearningRate = 0.01
     optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
     nesterov: bool = False
     schedule: Literal["cosine", "multistep", "constant", "onecycle"] = Field(
         "cosine", description="per epoch (cosine, multistep, constant) or per step (onecycle: linear from "
@@ -40,7 +48,7 @@ class TrainConfig(Settings):
                                                       "restart from it (0: off); airbench: 5")
     lookahead_decay: float = Field(0.95 ** 5, ge=0, lt=1, description="slow-average weight, ramped as "
                                                                      "decay x (step / total)^3")
-    augment: Literal["standard", "none"] = Field("standard", description="random crop (pad crop_padding) + "
+    augment: Augment = Field("standard", description="random crop (pad crop_padding) + "
                                                                          "horizontal flip")
     crop_padding: int = Field(4, ge=0)
     rotation: float = Field(0.0, ge=0, le=180, description="standard augment: also rotate each image by up to "
@@ -52,7 +60,7 @@ class TrainConfig(Settings):
                                                 "units), true or false")
     compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
     device: str = "auto"
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: BatchSize = 512
     eval_every: int = Field(1, ge=1, description="evaluate every k epochs (and always at the last, and every epoch "
                                                  "when a defense selects its epoch)")
     num_workers: int = Field(0, ge=0, description="loader processes for file-backed datasets")

@@ -6,7 +6,6 @@ unlearn the isolated samples by gradient ascent. Every stage is a run of the one
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from pydantic import Field
@@ -21,6 +20,7 @@ from advml.backdoor.defenses.split import Split
 from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.train import Batch
+from advml.train.config import Augment, BatchSize, Epochs, LearningRate, Momentum, WeightDecay
 
 
 def lga_loss(gamma: float) -> Callable[[nn.Module, Batch], Tensor]:
@@ -47,19 +47,19 @@ class ABLSettings(DefenseSettings):
     momentum 0.9, wd 1e-4, isolation 1 %, gamma 0.5) with the paper's 5 unlearning epochs (BackdoorBench: 20)
     and the official code's batch 64 and finetuning steps (lr x0.1 at epoch 40)."""
 
-    isolation_epochs: int = Field(20, ge=1, description="T_isolate: epochs of LGA training before isolating")
+    isolation_epochs: Epochs = Field(20, description="T_isolate: epochs of LGA training before isolating")
     gamma: float = Field(0.5, ge=0, description="the LGA loss floor")
     isolation_ratio: float = Field(0.01, gt=0, lt=1, description="lowest-loss fraction isolated as poisoned")
-    lr: float = Field(0.1, gt=0, description="lr of the LGA isolation epochs")
+    lr: LearningRate = Field(0.1, description="lr of the LGA isolation epochs")
     finetune_epochs: int = Field(60, ge=0, description="epochs of plain CE on the samples kept")
-    finetune_lr: float = Field(0.1, gt=0)
+    finetune_lr: LearningRate = 0.1
     finetune_milestones: list[int] = Field(default_factory=lambda: [40], description="lr x0.1 at these epochs")
-    unlearning_epochs: int = Field(5, ge=1, description="epochs of gradient ascent on the isolated samples")
-    unlearning_lr: float = Field(5e-4, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(64, ge=1)
-    augment: Literal["standard", "none"] = Field("standard", description="crop (pad 4) + flip while isolating "
+    unlearning_epochs: Epochs = Field(5, description="epochs of gradient ascent on the isolated samples")
+    unlearning_lr: LearningRate = 5e-4
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 1e-4
+    batch_size: BatchSize = 64
+    augment: Augment = Field("standard", description="crop (pad 4) + flip while isolating "
                                                  "and fine-tuning (unlearning: none, as the official code)")
 
 

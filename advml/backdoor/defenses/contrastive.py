@@ -17,6 +17,7 @@ from advml.config import Settings
 from advml.data.base import ImageDataset
 from advml.errors import InputError
 from advml.train import Batch, TrainConfig, Trainer
+from advml.train.config import BatchSize, Epochs, LearningRate, WeightDecay
 from advml.utils.precision import AmpSetting, at_least_float32
 
 if TYPE_CHECKING:
@@ -85,10 +86,10 @@ class ContrastiveSettings(Settings):
     """Encoder training (SupContrast defaults as D-ST uses them; `epochs` 200 at paper scale)."""
 
     model: str | None = Field(None, description="architecture of the encoder (a registry name); None: the run's")
-    epochs: int = Field(200, ge=1)
+    epochs: Epochs = 200
     batch_size: int = Field(512, ge=2)
-    lr: float = Field(0.5, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: LearningRate = 0.5
+    weight_decay: WeightDecay = 1e-4
     warmup_epochs: int = Field(10, ge=0, description="linear warm-up (the official code: when batch > 256)")
     temperature: float = Field(0.1, gt=0)
     base_temperature: float = Field(0.07, gt=0, description="the loss is scaled by temperature / base_temperature "
@@ -110,10 +111,10 @@ class ContrastiveSettings(Settings):
 class ProbeSettings(Settings):
     """The linear classifier on the frozen encoder (D-ST's MCE stage, the baselines' linear head)."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(512, ge=1)
-    lr: float = Field(5.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: Epochs = 10
+    batch_size: BatchSize = 512
+    lr: LearningRate = 5.0
+    weight_decay: WeightDecay = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
     # constant: the official MCE command (no --cosine; SupContrast's steps at 60/75/90 are past its 10 epochs),
     # and DBD's warm-up (lr_scheduler: null)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -32,6 +32,7 @@ from advml.data.base import ImageDataset, SubsetDataset
 from advml.errors import ConfigError
 from advml.metrics import map_batches
 from advml.train import CHECKPOINT_NAME, Batch, Trainer
+from advml.train.config import Augment
 
 
 def sce_loss(logits: Tensor, y: Tensor, alpha: float = 0.1, beta: float = 1.0, reduction: str = "mean") -> Tensor:
@@ -80,7 +81,7 @@ class DBDSettings(DefenseSettings):
     split_augment: bool = Field(True, description="score the split on crop + flip views, as the official code "
                                 "does (its record loader reads the training transform); False: the plain images")
     mixmatch: MixMatchSettings = Field(default_factory=MixMatchSettings)
-    augment: Literal["standard", "none"] = Field("standard", description="crop (reflect pad 4) + flip in MixMatch")
+    augment: Augment = Field("standard", description="crop (reflect pad 4) + flip in MixMatch")
 
 
 @DEFENSES.register("dbd", title="DBD")

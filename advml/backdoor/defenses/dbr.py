@@ -20,6 +20,7 @@ from advml.backdoor.defenses.sd import SDSettings, distinguish
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
 from advml.train import Batch, cross_entropy
+from advml.train.config import Augment, BatchSize, Epochs, LearningRate, Momentum, WeightDecay
 
 log = logging.getLogger("advml")
 
@@ -28,12 +29,12 @@ class DBRSettings(HoldoutSettings):
     """The official `unlearn_relearn.py` settings; model selection on held-out D_c/D_p, not test labels."""
 
     sd: SDSettings = Field(default_factory=SDSettings)
-    epochs: int = Field(20, ge=1)
-    lr: float = Field(1e-4, gt=0, description="constant lr of the one SGD optimiser of both passes")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    augment: str = Field("standard", pattern="^(standard|none)$", description="crop (pad 4) + flip")
+    epochs: Epochs = 20
+    lr: LearningRate = Field(1e-4, description="constant lr of the one SGD optimiser of both passes")
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
+    batch_size: BatchSize = 128
+    augment: Augment = Field("standard", description="crop (pad 4) + flip")
 
 
 def ascent_loss(model: nn.Module, batch: Batch) -> Tensor:

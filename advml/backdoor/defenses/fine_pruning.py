@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -25,6 +25,7 @@ from advml.backdoor.defenses.base import DEFENSES, Defense, DefenseContext, Defe
 from advml.backdoor.defenses.layers import Taps, backbone_children, child_output_shapes, require_clean
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
+from advml.train.config import Augment, BatchSize, Epochs, LearningRate, Momentum, WeightDecay
 
 PASS_THROUGH = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity,
                 nn.ReLU, nn.Dropout)  # a zero channel stays zero through these
@@ -39,13 +40,13 @@ class FinePruningSettings(DefenseSettings):
                                                                      "None: BackdoorBench's accuracy-tolerance rule")
     acc_ratio: float = Field(0.1, gt=0, lt=1, description="largest relative clean-subset accuracy drop allowed")
     once_prune_ratio: float = Field(0.01, gt=0, le=1, description="channels pruned per step of the rule")
-    epochs: int = Field(100, ge=1, description="fine-tuning epochs on the clean subset")
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(256, ge=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: str = Field("cosine", pattern="^(cosine|constant)$")
-    augment: str = Field("standard", pattern="^(standard|none)$")
+    epochs: Epochs = Field(100, description="fine-tuning epochs on the clean subset")
+    lr: LearningRate = 0.01
+    batch_size: BatchSize = 256
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    augment: Augment = "standard"
 
 
 @dataclass

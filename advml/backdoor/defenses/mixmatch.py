@@ -18,16 +18,17 @@ from advml.data.base import ImageDataset
 from advml.data.batches import standard_augment
 from advml.errors import InputError
 from advml.train import Batch
+from advml.train.config import BatchSize, Epochs, LearningRate
 
 
 class MixMatchSettings(Settings):
     """DBD's semi-supervised stage (BackdoorBench `config_z` / the DBD code): Adam 0.002, lambda_u 15, T 0.5,
     alpha 0.75, K 2, 1024 iterations of batch 64 per epoch (BackdoorBench 100 epochs, the original 190)."""
 
-    epochs: int = Field(100, ge=1)
+    epochs: Epochs = 100
     iterations: int = Field(1024, ge=1, description="steps per epoch (each a labelled and an unlabelled batch)")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.002, gt=0, description="Adam")
+    batch_size: BatchSize = 64
+    lr: LearningRate = Field(0.002, description="Adam")
     lambda_u: float = Field(15.0, ge=0, description="weight of the unlabelled L2 loss, ramped up linearly")
     rampup_epochs: float | None = Field(None, gt=0, description="the ramp's length (the official rampup_length: "
                                         "190 in both configs); None: the MixMatch epochs")

@@ -24,6 +24,7 @@ from advml.backdoor.defenses.layers import Taps, backbone_children, child_output
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError, InputError
 from advml.train import Batch, LossFn
+from advml.train.config import Augment, BatchSize, Epochs, LearningRate, Momentum, WeightDecay
 
 
 class NADSettings(DefenseSettings):
@@ -31,16 +32,16 @@ class NADSettings(DefenseSettings):
 
     clean_fraction: float = Field(0.05, gt=0, lt=1, description="clean subset: this share of the training set, "
                                                                 "drawn from truly clean samples (an oracle)")
-    teacher_epochs: int = Field(10, ge=1, description="fine-tuning of the teacher on the clean subset")
-    epochs: int = Field(20, ge=1, description="student training with CE + attention distillation")
+    teacher_epochs: Epochs = Field(10, description="fine-tuning of the teacher on the clean subset")
+    epochs: Epochs = Field(20, description="student training with CE + attention distillation")
     betas: list[float] = Field(default_factory=lambda: [500.0, 1000.0, 1000.0],
                                description="AT weights of the last len(betas) stages, shallowest first")
     p: float = Field(2.0, gt=0, description="attention map: sum over channels of |a|^p")
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(64, ge=1, description="the official code's 64")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    augment: str = Field("standard", pattern="^(standard|none)$")
+    lr: LearningRate = 0.01
+    batch_size: BatchSize = Field(64, description="the official code's 64")
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 1e-4
+    augment: Augment = "standard"
 
     def model_post_init(self, _: Any) -> None:
         if not self.betas or any(b < 0 for b in self.betas):

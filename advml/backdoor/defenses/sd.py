@@ -20,6 +20,7 @@ from advml.config import Settings
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
 from advml.train import Batch, TrainConfig, Trainer
+from advml.train.config import BatchSize, Epochs, LearningRate
 from advml.utils.figures import pyplot, save_figure
 from advml.utils.precision import AmpSetting, at_least_float32
 
@@ -36,14 +37,14 @@ class SDSettings(Settings):
     `calculate_consistency.py`, `calculate_gamma.py`)."""
 
     model: str | None = Field(None, description="architecture of the SD model (a registry name); None: the run's")
-    warmup_epochs: int = Field(2, ge=1, description="plain CE epochs without augmentation")
+    warmup_epochs: Epochs = Field(2, description="plain CE epochs without augmentation")
     finetune_epochs: int = Field(10, ge=0, description="epochs of the intra-class loss")
     finetune_loss: Literal["intra", "ce+intra"] = Field(
         "intra", description="intra: the intra-class loss alone, as the official code (EBD "
         "finetune_attack_noTrans.py, BackdoorBench d-br.py); ce+intra: CE + intra_weight x intra-class loss")
     intra_weight: float = Field(1.0, ge=0, description="weight of the intra-class loss while fine-tuning")
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(128, ge=1)
+    lr: LearningRate = 0.01
+    batch_size: BatchSize = 128
     # one SGD optimiser and one CosineAnnealingLR(T_max=100) run through warm-up and fine-tuning, as the official
     # fine-tuning resumes the warm-up checkpoint's optimiser and scheduler
     schedule: Literal["constant", "cosine"] = "cosine"
