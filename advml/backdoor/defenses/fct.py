@@ -3,7 +3,7 @@ features move much more under rotation/translation than clean samples'. Batched,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import kornia.augmentation as K
 import torch
@@ -16,17 +16,50 @@ from advml.registry import Registry
 from advml.utils.checks import check_images
 
 # The official code's torchvision transforms (nearest-neighbour resampling, zero fill), as kornia batch ops
-TRANSFORMS: Registry = Registry("FCT transform")
-TRANSFORMS.add("rotate", lambda hw: K.RandomRotation(180.0, resample="nearest", p=1.0),
-               "random rotation in [-180, 180] degrees (the official tau, first half)")
-TRANSFORMS.add("translate", lambda hw: K.RandomAffine(0.0, translate=(0.2, 0.2), resample="nearest", p=1.0),
-               "random translation up to 20% of width/height (the official tau, second half)")
-TRANSFORMS.add("scale", lambda hw: K.RandomAffine(0.0, scale=(0.8, 1.2), resample="nearest", p=1.0),
-               "random scaling in [0.8, 1.2]")
-TRANSFORMS.add("flip", lambda hw: K.RandomHorizontalFlip(p=1.0), "horizontal flip")
-TRANSFORMS.add("crop", lambda hw: K.RandomCrop(hw, padding=4, p=1.0), "random crop after zero padding of 4")
-TRANSFORMS.add("blur", lambda hw: K.RandomGaussianBlur(15, (0.1, 2.0), p=1.0), "Gaussian blur, kernel 15, sigma 0.1-2")
-TRANSFORMS.add("erase", lambda hw: K.RandomErasing(p=1.0), "random erasing (area 2-33%)")
+TRANSFORMS: Registry[Callable[[tuple[int, int]], nn.Module]] = Registry("FCT transform")  # each: (H, W) -> op
+
+
+@TRANSFORMS.register("rotate")
+def rotate(hw: tuple[int, int]) -> nn.Module:
+    """random rotation in [-180, 180] degrees (the official tau, first half)"""
+    return K.RandomRotation(180.0, resample="nearest", p=1.0)
+
+
+@TRANSFORMS.register("translate")
+def translate(hw: tuple[int, int]) -> nn.Module:
+    """random translation up to 20% of width/height (the official tau, second half)"""
+    return K.RandomAffine(0.0, translate=(0.2, 0.2), resample="nearest", p=1.0)
+
+
+@TRANSFORMS.register("scale")
+def scale(hw: tuple[int, int]) -> nn.Module:
+    """random scaling in [0.8, 1.2]"""
+    return K.RandomAffine(0.0, scale=(0.8, 1.2), resample="nearest", p=1.0)
+
+
+@TRANSFORMS.register("flip")
+def flip(hw: tuple[int, int]) -> nn.Module:
+    """horizontal flip"""
+    return K.RandomHorizontalFlip(p=1.0)
+
+
+@TRANSFORMS.register("crop")
+def crop(hw: tuple[int, int]) -> nn.Module:
+    """random crop after zero padding of 4"""
+    return K.RandomCrop(hw, padding=4, p=1.0)
+
+
+@TRANSFORMS.register("blur")
+def blur(hw: tuple[int, int]) -> nn.Module:
+    """Gaussian blur, kernel 15, sigma 0.1-2"""
+    return K.RandomGaussianBlur(15, (0.1, 2.0), p=1.0)
+
+
+@TRANSFORMS.register("erase")
+def erase(hw: tuple[int, int]) -> nn.Module:
+    """random erasing (area 2-33%)"""
+    return K.RandomErasing(p=1.0)
+
 
 DEFAULT_TRANSFORMS = ("rotate", "translate")
 
