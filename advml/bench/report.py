@@ -181,9 +181,11 @@ def _cell(ours: Any, paper: float | None, scale: float) -> str:
 
 
 def paired_table(rows: list[dict[str, Any]], order: list[str] | None = None,
-                 spec: BenchSpec | None = None) -> tuple[list[str], list[list[str]]] | None:
-    """Transfer cells against their base method (`a+rap` vs `a`, same other parameters) on the same images:
-    success difference per model with its 95 % paired interval and McNemar p; None without per-image outcomes."""
+                 spec: BenchSpec | None = None, base_method: str | None = None
+                 ) -> tuple[list[str], list[list[str]]] | None:
+    """Transfer cells against their base method (`a+rap` vs `a`; other methods vs `base_method` when given; same
+    other parameters) on the same images: success difference per model with its 95 % paired interval and McNemar
+    p; None without per-image outcomes."""
     def key(params: dict[str, Any], method: str) -> str:
         return repr(sorted({**params, "method": method}.items()))
 
@@ -192,7 +194,8 @@ def paired_table(rows: list[dict[str, Any]], order: list[str] | None = None,
     for r in rows:
         method = r["params"].get("method", "")
         method = method.get("name", "") if isinstance(method, dict) else method  # a method with its options
-        base = by_key.get(key(r["params"], method.split("+")[0])) if "+" in method else None
+        base_name = method.split("+")[0] if "+" in method else base_method if method != base_method else None
+        base = by_key.get(key(r["params"], base_name)) if base_name else None
         m = r["metrics"]
         if base and _outcomes(m) and _outcomes(base) and m.get("image_ids") == base.get("image_ids"):
             pairs.append((r["params"], base["outcomes"], m["outcomes"]))
@@ -311,7 +314,7 @@ def render_report(folder: str | Path, spec: BenchSpec | None = None) -> tuple[Pa
     note = table_note(spec.table_at(preset), spec, der_shown=any(h.split()[-1:] == ["DER"] for h in header))
     if note:
         md += f"\n{note}\n"
-    paired = paired_table(rows, spec.models_at(preset), spec)
+    paired = paired_table(rows, spec.models_at(preset), spec, spec.table_at(preset).paired_base)
     paired_html = ""
     if paired:
         note = "Success minus the base method's on the same images; 95 % paired (Wald) interval; exact McNemar p."

@@ -63,6 +63,8 @@ class Table(Settings):
                                           "path -> value in the table's unit (words: see value_word; ' / ' joins "
                                           "several keys)")
     paper_source: str = Field("", description="where the paper's values come from (shown under the table)")
+    paired_base: str | None = Field(None, description="transfer: the method that every method without a '+' base "
+                                    "is also compared with on the same images (e.g. mi-ti-di); display only")
     plots: list[Literal["success_vs_iterations", "success_vs_cost"]] = Field(
         default_factory=list, description="transfer: bench figures, a line per method (mean success over the "
                                           "targets against iterations, or against passes per image)")
@@ -153,7 +155,7 @@ class BenchSpec(Settings):
         hours) may change without making a folder another bench."""
         return {"name": self.name, "kind": self.kind, "cells": [c.params for c in self.cells(preset)],
                 "models": self.models_at(preset), "preset": preset,
-                "table": self.table_at(preset).model_dump(mode="json")}
+                "table": self.table_at(preset).model_dump(mode="json", exclude={"paired_base"})}
 
     def label(self, key: str, value: Any = None) -> str:
         """The display name of a grid key (value None) or of one of its values."""

@@ -355,3 +355,20 @@ def test_html_report_opens_in_headless_chromium(tmp_path, cache):
                           (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert dom.count('<table class="results">') == 2 and dom.count("<img") == 3  # the table, paired differences
     assert dom.count("<tr>") == (1 + 3) + (1 + 2)
+
+
+def test_paired_base_compares_every_other_method_with_it():
+    """`table.paired_base`: methods without a '+' base are paired with it on the same images; '+' cells keep
+    their own base; the base itself gets no row."""
+    from advml.bench.report import paired_table
+
+    def row(method, outcomes):
+        return {"params": {"method": method}, "metrics": {"image_ids": [0, 1, 2, 3], "outcomes": {"m": outcomes}}}
+
+    rows = [row("mi-ti-di", "0011"), row("mi-pgn", "0111"), row("mi-ti-di-si", "1111"),
+            row("mi-ti-di-si+rap", "0000")]
+    header, body = paired_table(rows, base_method="mi-ti-di")
+    assert [r[0] for r in body] == ["mi-pgn", "mi-ti-di-si", "mi-ti-di-si+rap"]
+    assert [r[1].split(" ")[0] for r in body] == ["+0.250", "+0.500", "-1.000"]  # the last vs mi-ti-di-si
+    _, plain = paired_table(rows)
+    assert [r[0] for r in plain] == ["mi-ti-di-si+rap"]
