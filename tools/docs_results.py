@@ -48,6 +48,17 @@ def _relink(text: str) -> str:
     return re.sub(r"\]\(\.\./([\w.+-]+)/(?:README\.md|report\.md)?\)", page_link, text)
 
 
+def _local(text: str, folder: Path) -> str:
+    """Links to the folder's own files: its figures (published beside the page) and its report (the page's table)."""
+    def file_link(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name == "report.md":
+            return "](#the-table)"
+        return f"]({folder.name}/{name})" if (folder / name).is_file() and name.endswith(".png") else m.group(0)
+
+    return re.sub(r"\]\(([\w.+-]+)\)", file_link, text)
+
+
 def _admonish(text: str) -> str:
     """A report's '> **Warning:** ...' line becomes a warning box."""
     return re.sub(r"^> \*\*Warning:\*\* (.*)$", lambda m: "!!! warning\n\n    " + m.group(1), text, flags=re.M)
@@ -69,13 +80,14 @@ def page(folder: Path) -> str:
     if (folder / "report.md").is_file():  # the table first, then the notes on how it was made and what it says
         report_title, body = _split_title((folder / "report.md").read_text())
         parts.append(f"## The table\n\n**{report_title}** (`report.md`, rendered from `results.sqlite`)\n\n"
-                     + _admonish(_demote(body)))
+                     + _admonish(_demote(_local(body, folder))))
         files = [f"[report.html]({folder.name}/report.html) (self-contained, figures embedded)"]
         files += [f"`{n}`" for n in ("results.sqlite", "spec.yaml") if (folder / n).is_file()]
         parts.append("Files: " + ", ".join(files) + f". Re-render with `advml report results/{folder.name}`.")
     if (folder / "README.md").is_file():
         _, body = _split_title((folder / "README.md").read_text())
-        parts.append(("## Notes\n\n" if (folder / "report.md").is_file() else "") + _demote(_relink(body)))
+        notes = _demote(_relink(_local(body, folder)))
+        parts.append(("## Notes\n\n" if (folder / "report.md").is_file() else "") + notes)
     return "\n\n".join(parts) + "\n"
 
 
@@ -108,4 +120,6 @@ def on_files(files: Files, config: Any, **_: Any) -> Files:
         if (folder / "report.html").is_file():
             files.append(File.generated(config, f"results/{folder.name}/report.html",
                                         content=(folder / "report.html").read_bytes()))
+        for png in sorted(folder.glob("*.png")):  # the bench's plots, which its report and notes embed
+            files.append(File.generated(config, f"results/{folder.name}/{png.name}", content=png.read_bytes()))
     return files
