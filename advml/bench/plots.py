@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from advml.bench.spec import BenchSpec
+from advml.bench.spec import BenchSpec, value_word
 from advml.utils.figures import pyplot, save_figure
 
 PlotName = Literal["success_vs_iterations", "success_vs_cost"]
@@ -43,7 +43,7 @@ def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName, p
         params, points = r["params"], _series(r["metrics"], name)
         if not points:
             continue
-        title = ", ".join(f"{spec.label(k)} {spec.label(k, v)}" for k, v in params.items() if k != "method")
+        title = ", ".join(_part(spec, k, v) for k, v in params.items() if k != "method")
         panels.setdefault(title, []).append((spec.label("method", params.get("method", "")), points))
     if not panels:
         return False
@@ -70,3 +70,9 @@ def transfer_plot(spec: BenchSpec, rows: list[dict[str, Any]], name: PlotName, p
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return True
+
+
+def _part(spec: BenchSpec, key: str, value: Any) -> str:
+    """'eps (/255) 8' in a panel title; a value with its own display name alone ('targeted', not twice)."""
+    own = f"{key}={value_word(value)}" in spec.labels
+    return spec.label(key, value) if own else f"{spec.label(key)} {spec.label(key, value)}"
