@@ -51,7 +51,7 @@ class Registry(Generic[T]):
         """The object registered under `name`; an `UnknownNameError` listing valid names otherwise."""
         try:
             return self._items[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable value from a config file ({name: [1]})
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def build(self, spec: str | Mapping[str, Any], **settings: Any) -> Any:

@@ -30,3 +30,12 @@ def test_spec_arguments_are_checked():
         load_dataset("npz")
     with pytest.raises(ConfigError, match="takes no"):
         load_dataset("sample:foo")
+
+
+def test_a_name_that_is_not_a_string_is_an_unknown_name_not_a_traceback():
+    from advml.experiments import load_settings
+
+    with pytest.raises(ConfigError, match="unknown attack"):
+        load_settings(None, {"attack": {"name": [1]}})
+    with pytest.raises(ConfigError, match="unknown defense"):
+        load_settings(None, {"defense": {"name": {"a": 1}}})

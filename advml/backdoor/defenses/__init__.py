@@ -46,6 +46,8 @@ def apply_defense_presets(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(defense, str):
         defense = {"name": defense}
     name = defense.get("name", "none")
+    if not isinstance(name, str):
+        return data  # validating the settings then names the bad value
     base = dict(per_defense.get(name) or {})
     if "sd" in data and name in DEFENSES and DEFENSES.get(name).uses_sd_module:
         base["sd"] = deep_merge(data["sd"], base.get("sd", {}))
