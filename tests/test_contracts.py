@@ -13,7 +13,7 @@ from advml.backdoor.defenses import DEFENSES, TRANSFORMS, build_defense
 from advml.backdoor.defenses.fct import build_transform
 from advml.data import DATASETS, load_dataset
 from advml.errors import AdvmlError
-from advml.evasion.methods import METHODS, build_method, compose
+from advml.evasion.methods import METHODS, compose, method_settings
 from advml.experiments import EXPERIMENTS, PRESETS
 from advml.experiments.base import preset_kind
 from advml.models import build_model
@@ -68,7 +68,7 @@ def test_every_transfer_method_composes_and_attacks_within_eps(name, sample):
     described = attack.methods[-1].describe()
     assert described["name"] == name and METHODS.describe()[METHODS.names().index(name)][1]
     settings = {k: v for k, v in _round_trip(described).items() if k != "name"}
-    assert build_method(name, settings).describe() == described
+    assert METHODS.get(name)(method_settings(spec, {name: settings})[name]).describe() == described
 
 
 @pytest.mark.parametrize("name", TRANSFORMS.names())

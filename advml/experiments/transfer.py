@@ -15,7 +15,7 @@ from advml.config import Seed, Settings, dump_yaml, validate
 from advml.data import load_dataset
 from advml.data.base import ImageDataset
 from advml.errors import ConfigError
-from advml.evasion.methods import check_options, compose, parse
+from advml.evasion.methods import compose, method_settings, parse
 from advml.evasion.zoo import ZooSettings, zoo_model
 from advml.experiments.base import EXPERIMENTS, Experiment, RunResult, comparable, layers, prepare_out
 from advml.metrics import predict
@@ -96,10 +96,7 @@ class TransferSettings(Settings):
     @model_validator(mode="after")
     def _options(self) -> TransferSettings:
         """Each method's options name one of the method's ingredients and are valid settings of it."""
-        unknown = sorted(set(self.options) - set(parse(self.method)))
-        if unknown:
-            raise ConfigError(f"options for {unknown} but the method is {self.method!r}")
-        check_options(self.options)
+        method_settings(self.method, self.options)
         return self
 
     @field_validator("surrogate")

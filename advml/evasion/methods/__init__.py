@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from advml.config import validate
+from advml.config import Settings, validate
 from advml.errors import ConfigError
-from advml.evasion.base import METHODS, IterativeAttack, Method
+from advml.evasion.base import METHODS, IterativeAttack
 
 # isort: off
 # registration order = the listing's order (and the composition order of `parse`)
@@ -36,33 +36,25 @@ def parse(spec: str) -> list[str]:
     return names
 
 
-def build_method(name: str, settings: dict[str, Any] | None = None) -> Method:
-    """One registered method with its settings (validated: unknown ones named as `options.<name>.<key>`)."""
-    cls = METHODS.get(name)
-    return cls(validate(cls.Settings, settings or {}, f"options.{name}"))
-
-
-def check_options(options: dict[str, dict[str, Any]]) -> None:
-    """Validate each method's options against its settings (at load time, before any model is built)."""
-    for name, settings in options.items():
-        cls = METHODS.get(name)
-        validate(cls.Settings, settings, f"options.{name}")
+def method_settings(spec: str, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Settings]:
+    """Each ingredient of `spec` with its validated settings; `options` may only name ingredients of `spec`
+    (unknown settings are named as `options.<name>.<key>`, with the closest valid one)."""
+    names, options = parse(spec), options or {}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise ConfigError(f"options for {sorted(unknown)} but the method is {spec!r}")
+    return {n: validate(METHODS.get(n).Settings, options.get(n, {}), f"options.{n}") for n in names}
 
 
 def compose(spec: str, model: nn.Module, *, options: dict[str, dict[str, Any]] | None = None,
             **attack_settings: Any) -> IterativeAttack:
     """An IterativeAttack with the methods named in `spec`; `options` = {method: {setting: value}}."""
-    names = parse(spec)
-    options = options or {}
-    unknown = set(options) - set(names)
-    if unknown:
-        raise ConfigError(f"options for {sorted(unknown)} but the method is {spec!r}")
-    methods = [build_method(n, options.get(n, {})) for n in names]
+    methods = [METHODS.get(n)(settings) for n, settings in method_settings(spec, options).items()]
     if any(isinstance(m, Admix) and m.settings.scales > 1 for m in methods) and any(isinstance(m, SI) for m in methods):
         raise ConfigError("admix already makes SI's scaled copies (m1 mixes x m2 scales); drop 'si', or give "
                           "admix scales: 1")
     return IterativeAttack(model, methods=methods, spec=spec, **attack_settings)
 
 
-__all__ = ["DI", "METHODS", "MI", "PGN", "RAP", "RAPLS", "SI", "TI", "VMI", "Admix", "RAPWarm", "build_method",
-           "check_options", "compose", "parse"]
+__all__ = ["DI", "METHODS", "MI", "PGN", "RAP", "RAPLS", "SI", "TI", "VMI", "Admix", "RAPWarm", "compose",
+           "method_settings", "parse"]
