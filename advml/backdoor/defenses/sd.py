@@ -129,7 +129,12 @@ def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, s
                        checkpoint_dir=checkpoint_dir, resume=resume)
     scores = fct_scores(model, data, transforms=settings.transforms, draws=settings.draws,
                         normalize=settings.normalize_features, seed=seed)
-    return split_by_score(scores, settings.clean_ratio, settings.poison_ratio, seed=seed)
+    split = split_by_score(scores, settings.clean_ratio, settings.poison_ratio, seed=seed)
+    if (ties := split.tie_share()) > settings.clean_ratio:
+        log.warning("advml: %.0f%% of the samples tie at D_c's highest FCT score (%.3g): D_c is a random draw "
+                    "among them, not a ranking (collapsed features; the official threshold would take them all)",
+                    100 * ties, float(scores[split.clean].max()))
+    return split
 
 
 def fct_histogram(scores: Tensor, truth: Tensor, path: str | Path, *, title: str = "FCT scores",

@@ -33,7 +33,15 @@ class Split:
         if truth.numel() != self.scores.numel():
             raise InputError(f"{truth.numel()} poison flags for {self.scores.numel()} scored samples")
         return {**detection(self.flags(), truth),
-                "clean_split_poison_rate": float(truth[self.clean].double().mean()) if self.clean.numel() else 0.0}
+                "clean_split_poison_rate": float(truth[self.clean].double().mean()) if self.clean.numel() else 0.0,
+                "clean_split_tie_share": self.tie_share()}
+
+    def tie_share(self) -> float:
+        """Fraction of all samples scoring exactly D_c's highest score: above alpha_c, D_c is a seeded random draw
+        from a tied set (collapsed features all score 0), not a ranking."""
+        if not self.clean.numel():
+            return 0.0
+        return float((self.scores == self.scores[self.clean].max()).double().mean())
 
     def tensors(self) -> dict[str, Tensor]:
         """For saving: the three index sets and the scores."""

@@ -131,7 +131,11 @@ def test_split_metrics_against_flags() -> None:
     truth = torch.zeros(20, dtype=torch.bool)
     truth[[19, 0, 5]] = True
     m = split_by_score(scores, 0.25, 0.1).metrics(truth)  # D_c = 0..4, D_p = 18, 19
-    assert m == {"detect_precision": 0.5, "detect_recall": pytest.approx(1 / 3), "clean_split_poison_rate": 0.2}
+    assert m == {"detect_precision": 0.5, "detect_recall": pytest.approx(1 / 3), "clean_split_poison_rate": 0.2,
+                 "clean_split_tie_share": 0.05}  # one sample (score 4) at D_c's boundary
+    tied = torch.zeros(20)
+    tied[15:] = torch.arange(1.0, 6.0)
+    assert split_by_score(tied, 0.25, 0.1).tie_share() == 0.75  # D_c drawn from the 15 zero scores
     with pytest.raises(ConfigError):
         split_by_score(scores, 0.8, 0.3)
     with pytest.raises(InputError):
