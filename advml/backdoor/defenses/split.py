@@ -53,7 +53,8 @@ def split_by_score(scores: Tensor, clean_ratio: float = 0.2, poison_ratio: float
 
     Equal scores are ordered by a seeded random permutation, not by position: a model whose features collapse gives
     many samples the same FCT score (0), and a class-sorted file would otherwise put whole classes into D_c (seen on
-    all 50,000 CIFAR-10 images: D_c held classes 0-2 only). Without ties the order is the official argsort's."""
+    all 50,000 CIFAR-10 images: D_c held classes 0-2 only). The official threshold (D_c = scores <= the score at rank
+    floor(alpha_c N)) would instead take every tied sample. Without ties both give the same sets."""
     n = scores.numel()
     if not 0 < clean_ratio < 1 or not 0 < poison_ratio < 1 or clean_ratio + poison_ratio > 1:
         raise ConfigError(f"need 0 < ratios < 1 and clean_ratio + poison_ratio <= 1, got {clean_ratio}, "
