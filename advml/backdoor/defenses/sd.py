@@ -132,7 +132,8 @@ def distinguish(model: nn.Module, data: ImageDataset, settings: SDSettings, *, s
     split = split_by_score(scores, settings.clean_ratio, settings.poison_ratio, seed=seed)
     if (ties := split.tie_share()) > settings.clean_ratio:
         log.warning("advml: %.0f%% of the samples tie at D_c's highest FCT score (%.3g): D_c is a random draw "
-                    "among them, not a ranking (collapsed features; the official threshold would take them all)",
+                    "among them, not a ranking (collapsed features; the official threshold would take them all; "
+                    "sd.finetune_loss: ce+intra keeps features alive)",
                     100 * ties, float(scores[split.clean].max()))
     return split
 

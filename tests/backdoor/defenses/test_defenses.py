@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from advml.backdoor.defenses import (
@@ -23,7 +23,7 @@ from advml.backdoor.defenses.dbr import ascent_loss
 from advml.backdoor.defenses.dst import mce_loss
 from advml.backdoor.defenses.fct import build_transform
 from advml.backdoor.defenses.holdout import HoldoutSettings, hold_out, holdout, selection_score
-from advml.backdoor.defenses.sd import SDSettings, intra_class_loss
+from advml.backdoor.defenses.sd import SDSettings, distinguish, intra_class_loss
 from advml.data.base import TensorImageDataset
 from advml.errors import ConfigError, InputError, UnknownNameError
 from advml.train import Batch, TrainConfig, Trainer, cross_entropy
@@ -298,3 +298,25 @@ def test_defense_registry_and_settings_errors() -> None:
         SDSettings(clean_ratio=0.9, poison_ratio=0.2)
     assert isinstance(Split(torch.tensor([0]), torch.tensor([1]), torch.tensor([], dtype=torch.long),
                             torch.tensor([0.0, 1.0])).flags(), torch.Tensor)
+
+
+class _DeadFeatures(nn.Module):
+    """Post-ReLU features that are 0 for the first 8 images (a collapsed SD model), alive for the other 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def features(self, x: Tensor) -> Tensor:
+        alive = (x.flatten(1).mean(1, keepdim=True) > 0.5).to(x.dtype)
+        return F.relu(x.flatten(1)[:, :4] * self.w) * alive
+
+
+def test_sd_split_warns_when_dc_is_drawn_from_ties(caplog: pytest.LogCaptureFixture) -> None:
+    """Collapsed features tie at FCT 0; D_c is then a random draw among them, which the run must say."""
+    x = torch.cat([torch.full((8, 3, 8, 8), 0.2), torch.rand(2, 3, 8, 8) * 0.2 + 0.7])
+    data = TensorImageDataset((x * 255).round().to(torch.uint8), torch.zeros(10, dtype=torch.long), ["a"])
+    with caplog.at_level("WARNING", logger="advml"):
+        split = distinguish(_DeadFeatures(), data, SDSettings(transforms=["translate"]), train=False)
+    assert split.tie_share() == pytest.approx(0.8)
+    assert "80% of the samples tie" in caplog.text and "random draw" in caplog.text
