@@ -39,7 +39,24 @@ def run_cell(kind: str, settings: dict[str, Any], folder: str, threads: int | No
     if threads:
         torch.set_num_threads(threads)
     experiment = EXPERIMENTS.get(kind)
-    return experiment.run_cell(validate(experiment.settings, settings), Path(folder)).metrics
+    metrics = experiment.run_cell(validate(experiment.settings, settings), Path(folder)).metrics
+    write_text_atomic(Path(folder) / CODE_FILE, code_version() + "\n")  # the code that finished it
+    return metrics
+
+
+# the code version that finished a cell: a cell recorded later (after a kill, or by a newer checkout resuming the
+# bench) keeps the version that ran it, not the recorder's
+CODE_FILE = "code.txt"
+
+
+def _cell_version(folder: Path, fallback: str) -> str:
+    """The version in the cell's code.txt, else `fallback` marked as the recorder's (cells older than code.txt)."""
+    path = folder / CODE_FILE
+    if path.is_file() and not path.is_symlink() and path.stat().st_size < 200:
+        text = path.read_text(errors="replace").strip()
+        if text and text.isprintable():
+            return text
+    return f"unrecorded (recorded by {fallback})"
 
 
 def _finished(folder: Path) -> bool:
@@ -184,12 +201,12 @@ def _run_bench(spec: BenchSpec, preset: str, out: Path, cells: list[Cell], setti
         if _finished(folder):
             _check_same(spec.kind, folder, settings[c.id], c.id)
             if c.id not in recorded:  # finished before a kill, not yet recorded
-                _record(store, c, folder, spec.table_at(preset).figures, version, spec.kind)
+                _record(store, c, folder, spec.table_at(preset).figures, _cell_version(folder, version), spec.kind)
         else:
             jobs.append((c, settings[c.id], folder))
 
     def done(cell: Cell, folder: Path) -> None:
-        _record(store, cell, folder, spec.table_at(preset).figures, version, spec.kind)
+        _record(store, cell, folder, spec.table_at(preset).figures, _cell_version(folder, version), spec.kind)
 
     start = time.perf_counter()
     try:

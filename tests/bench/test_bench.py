@@ -17,7 +17,7 @@ from helpers.paths import ROOT
 
 from advml.bench import load_spec, render_report, run_bench
 from advml.bench.report import MISSING, build_table, paired_table
-from advml.bench.store import ResultStore
+from advml.bench.store import ResultStore, code_version
 from advml.errors import ConfigError, DataError
 
 SEED = ROOT / "configs" / "seed"
@@ -180,6 +180,22 @@ def test_report_renders_from_the_results_table_alone(tmp_path, cache):
     assert (out / "report.md").read_text() == md and (out / "report.html").read_text() == html
     assert html.count("data:image/png;base64,") == 3  # the heat-maps travel inside the page
     assert "code 0.1.0" in md
+
+
+def test_a_cell_recorded_later_keeps_the_code_version_that_ran_it(tmp_path, cache):
+    """A finished cell recorded by a later process (after a kill, or a newer checkout resuming the bench) is recorded
+    with the version in its code.txt, not the recorder's; a cell without one says so."""
+    spec = load_spec(SEED / "table3_rap.yaml")
+    cells = [c.id for c in spec.cells("smoke")][:2]
+    out = run_bench(spec, "smoke", tmp_path / "b", progress=False, only=cells)
+    assert (out / "cells" / cells[0] / "code.txt").read_text().strip() == code_version()
+    (out / "cells" / cells[0] / "code.txt").write_text("0.1.0+0123456789ab\n")  # as if an older checkout ran it
+    (out / "cells" / cells[1] / "code.txt").unlink()  # as a cell from before code.txt
+    (out / "results.sqlite").unlink()
+    run_bench(spec, "smoke", out, progress=False, only=cells)
+    with sqlite3.connect(out / "results.sqlite") as db:
+        versions = dict(db.execute("SELECT id, code_version FROM cells").fetchall())
+    assert versions == {cells[0]: "0.1.0+0123456789ab", cells[1]: f"unrecorded (recorded by {code_version()})"}
 
 
 def test_partial_bench_shows_missing_cells_and_bad_requests_fail_before_work(tmp_path, cache):
