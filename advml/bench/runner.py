@@ -32,6 +32,11 @@ def cell_settings(spec: BenchSpec, preset: str, cell: Cell) -> dict[str, Any]:
     return settings.model_dump(mode="json")
 
 
+# the code version that finished a cell: a cell recorded later (after a kill, or by a newer checkout resuming the
+# bench) keeps the version that ran it, not the recorder's
+CODE_FILE = "code.txt"
+
+
 def run_cell(kind: str, settings: dict[str, Any], folder: str, threads: int | None = None) -> dict[str, Any]:
     """Run one cell into `folder` (the same code as the CLI); returns its metrics. Ray runs this remotely."""
     import torch
@@ -42,11 +47,6 @@ def run_cell(kind: str, settings: dict[str, Any], folder: str, threads: int | No
     metrics = experiment.run_cell(validate(experiment.settings, settings), Path(folder)).metrics
     write_text_atomic(Path(folder) / CODE_FILE, code_version() + "\n")  # the code that finished it
     return metrics
-
-
-# the code version that finished a cell: a cell recorded later (after a kill, or by a newer checkout resuming the
-# bench) keeps the version that ran it, not the recorder's
-CODE_FILE = "code.txt"
 
 
 def _cell_version(folder: Path, fallback: str) -> str:
@@ -102,7 +102,7 @@ def _record(store: ResultStore, cell: Cell, folder: Path, figures: list[str], ve
             data = path.read_bytes()
             if data.startswith(b"\x89PNG\r\n\x1a\n"):
                 pngs[name] = data
-    store.add(cell.id, cell.params, config, metrics, seconds, pngs, version)
+    store.add(cell.id, cell.params, config, metrics, seconds, pngs, _cell_version(folder, version))
 
 
 def _local(jobs: list[tuple[Cell, dict[str, Any], Path]], kind: str, done: Callable[[Cell, Path], None],
@@ -201,12 +201,12 @@ def _run_bench(spec: BenchSpec, preset: str, out: Path, cells: list[Cell], setti
         if _finished(folder):
             _check_same(spec.kind, folder, settings[c.id], c.id)
             if c.id not in recorded:  # finished before a kill, not yet recorded
-                _record(store, c, folder, spec.table_at(preset).figures, _cell_version(folder, version), spec.kind)
+                _record(store, c, folder, spec.table_at(preset).figures, version, spec.kind)
         else:
             jobs.append((c, settings[c.id], folder))
 
     def done(cell: Cell, folder: Path) -> None:
-        _record(store, cell, folder, spec.table_at(preset).figures, _cell_version(folder, version), spec.kind)
+        _record(store, cell, folder, spec.table_at(preset).figures, version, spec.kind)
 
     start = time.perf_counter()
     try:
