@@ -7,10 +7,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from advml.data.registry import load_dataset
+from advml.metrics import predict
 from advml.models.registry import build_model
 
 
@@ -21,10 +21,7 @@ def per_class(cell: Path) -> tuple[float, list[float]]:
                         seed=config.get("seed", 0), download=False)
     model = build_model(config["model"], data.test.num_classes, mean=data.mean, std=data.std,
                         weights=cell / "model.safetensors", **(config.get("model_options") or {})).eval()
-    labels = data.test.labels
-    with torch.no_grad():
-        preds = torch.cat([model(data.test.get_batch(torch.arange(i, min(i + 1000, len(labels))))[0]).argmax(1)
-                           for i in range(0, len(labels), 1000)])
+    labels, preds = data.test.labels, predict(model, data.test, device="cpu")
     classes = range(data.test.num_classes)
     return (preds == labels).float().mean().item(), [(preds[labels == c] == c).float().mean().item() for c in classes]
 
