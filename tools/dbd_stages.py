@@ -19,21 +19,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from advml.backdoor.attacks import build_attack
 from advml.backdoor.defenses import DefenseContext, build_defense, untrusted_view
 from advml.backdoor.defenses.dbd import sample_losses, sce_loss
-from advml.data.registry import load_dataset
-from advml.experiments.backdoor import load_settings, run_model_factory
+from advml.experiments.backdoor import load_settings, run_data, run_model_factory
 from advml.metrics import accuracy, attack_success_rate
 
 
 def _load(cell: Path) -> tuple[Any, Any, Any, Any]:
     """The cell's settings, data, poisoned training set and triggered test set, rebuilt as the run built them."""
     s = load_settings(cell / "config.yaml")
-    data = load_dataset(s.dataset, s.data_dir, train_size=s.train_size, test_size=s.test_size, seed=s.seed,
-                        download=False)
-    attack = build_attack(s.attack)
-    return s, data, attack.poison(data.train, seed=s.seed), attack.backdoor_test_set(data.test)
+    data, _, poisoned, triggered = run_data(s)
+    return s, data, poisoned, triggered
 
 
 def warmup(cell: Path) -> dict[str, float]:

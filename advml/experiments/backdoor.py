@@ -116,6 +116,15 @@ def run_model_factory(settings: BackdoorRunSettings, data: Any, *, init: bool = 
                          weights=settings.init_weights if init else None)
 
 
+def run_data(settings: BackdoorRunSettings) -> tuple[Any, Any, Any, Any]:
+    """The run's data, attack, poisoned training set and triggered test set (None without a trigger)."""
+    data = load_dataset(settings.dataset, settings.data_dir, train_size=settings.train_size,
+                        test_size=settings.test_size, seed=settings.seed, download=settings.download,
+                        subset=settings.subset)
+    attack = build_attack(settings.attack)
+    return data, attack, attack.poison(data.train, seed=settings.seed), attack.backdoor_test_set(data.test)
+
+
 def setup(settings: BackdoorRunSettings, folder: RunFolder, *, resume: bool, overwrite: bool, start: float,
           sd: SDSettings | None = None) -> tuple[Any, Any, Any, Any, torch.nn.Module]:
     """Check a resumed run's settings, load the data, poison it, build the run's seeded first model (its options and
@@ -127,12 +136,7 @@ def setup(settings: BackdoorRunSettings, folder: RunFolder, *, resume: bool, ove
         if sd is not None:
             check_resumed_config(out, SDSettings, sd, "sd.yaml", "sd")
     seed_everything(settings.seed)
-    data = load_dataset(settings.dataset, settings.data_dir, train_size=settings.train_size,
-                        test_size=settings.test_size, seed=settings.seed, download=settings.download,
-                        subset=settings.subset)
-    attack = build_attack(settings.attack)
-    poisoned = attack.poison(data.train, seed=settings.seed)
-    backdoor_test = attack.backdoor_test_set(data.test)
+    data, attack, poisoned, backdoor_test = run_data(settings)
     torch.manual_seed(settings.seed)  # the backdoored model's initialisation (nothing draws from it before training)
     model = run_model_factory(settings, data)()
     folder.begin(run_fingerprint(settings, data, sd), resume=resume, overwrite=overwrite, start=start)
